@@ -1,0 +1,22 @@
+"""tfp_amortised: amortised learning by wake-sleep (Wenliang et al., ICML 2020) on TensorFlow Probability.
+
+Fit latent-variable models written as TFP JointDistributions by maximum likelihood, without an encoder:
+kernel ridge regression on samples of the model itself turns the log-joint into an estimate of the gradient
+of the log marginal likelihood.
+"""
+
+from tfp_amortised.estimator import sleep, surrogate_log_marginal, weighted_log_joint
+from tfp_amortised.generative import GenerativeModel
+from tfp_amortised.ridge import KernelRidge, median_bandwidth, ridge_weights
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GenerativeModel",
+    "KernelRidge",
+    "median_bandwidth",
+    "ridge_weights",
+    "sleep",
+    "surrogate_log_marginal",
+    "weighted_log_joint",
+]

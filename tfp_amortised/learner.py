@@ -1,0 +1,191 @@
+"""`AmortisedLearner`: maximum-likelihood training of a generative model with `model.fit`."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfp_amortised import _joint
+from tfp_amortised.estimator import (_check_form, _check_num_sleep, check_wake_x, flatten_events, sleep,
+                                     weighted_log_joint)
+from tfp_amortised.ridge import KernelRidge
+
+
+@keras.saving.register_keras_serializable(package="tfp_amortised")
+class AmortisedLearner(keras.Model):
+    """Trains a `GenerativeModel` by amortised learning by wake-sleep (Wenliang et al., ICML 2020).
+
+    Each training step, for a minibatch of data `x_1..x_M` (the wake phase):
+
+    1. sleep: draw `num_sleep + num_holdout` detached samples `(z_n, x_n)` from the current model, with a
+       stateless seed from the learner's `keras.random.SeedGenerator`;
+    2. regress: kernel ridge weights `alpha: [M, N]` from the first `num_sleep` sleep observations to the
+       minibatch (one Cholesky factor, `KernelRidge`);
+    3. update: inside a `tf.GradientTape`, the surrogate `s_m` (`surrogate_log_marginal`, `form` "joint" or
+       "conditional"), and one optimiser step on `-mean_m s_m`, whose gradient estimates
+       `-mean_m grad log p_theta(x_m)`.
+
+    Metrics each step: `loss` (`-mean s`), `bandwidth` (the ridge kernel's length scale), `ridge_r2` (the
+    fraction of variance of the sleep log-joint that the ridge regression predicts at `num_holdout` held-out
+    sleep points: a cheap out-of-sample check of the regression, comparable across steps) and `jitter` (the
+    diagonal shift the Cholesky needed; nonzero flags a near-singular Gram matrix).
+
+    Args:
+      generative_model: a `GenerativeModel` (a Keras layer that owns the parameters and implements
+        `joint_distribution()`).
+      num_sleep: number `N >= 2` of sleep samples per step.
+      form: `"joint"` or `"conditional"` surrogate.
+      ridge: a `KernelRidge` layer; default `KernelRidge()`.
+      num_holdout: number of extra sleep samples held out of the regression for `ridge_r2`; 0 disables it.
+      seed: integer seed of the sleep samples; the same seed, data and initial weights give the same run.
+
+    #### Examples
+
+    ```python
+    learner = AmortisedLearner(GaussianMixtureModel(3, 2), num_sleep=1000)
+    learner.compile(optimizer=keras.optimizers.Adam(1e-2))
+    learner.fit(x_train, batch_size=100, epochs=20)
+    learner.posterior_expectation(x_test, lambda sample: tf.one_hot(sample["z"], 3))  # [M, 3]
+    ```
+    """
+
+    def __init__(self, generative_model, num_sleep=1000, form="joint", ridge=None, num_holdout=64, seed=None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        if not callable(getattr(generative_model, "joint_distribution", None)):
+            raise TypeError(
+                "generative_model must be a Keras layer with a joint_distribution() method (see GenerativeModel). "
+                f"Received: generative_model of type {type(generative_model).__name__}")
+        _check_num_sleep(num_sleep)
+        _check_form(form)
+        if not (isinstance(num_holdout, int) and num_holdout >= 0):
+            raise ValueError(f"num_holdout must be a non-negative integer. Received: num_holdout={num_holdout!r}")
+        self.generative_model = generative_model
+        self.observed = getattr(generative_model, "observed", "x")
+        _joint.check_observed(generative_model.joint_distribution(), self.observed)
+        self.num_sleep, self.form, self.num_holdout, self.seed = num_sleep, form, num_holdout, seed
+        self.ridge = KernelRidge() if ridge is None else ridge
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.trackers = {name: keras.metrics.Mean(name) for name in ("loss", "bandwidth", "ridge_r2", "jitter")}
+        self.built = True
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def joint_distribution(self):
+        """The generative model's current `tfd.JointDistribution`."""
+        return self.generative_model.joint_distribution()
+
+    def sample(self, num_samples, seed=None):
+        """Draws `num_samples` from the model: dict `{node name: Tensor[num_samples, *event_shape]}`."""
+        return sleep(self.joint_distribution(), num_samples, self._next_seed(seed))
+
+    def posterior_expectation(self, x, fn, num_sleep=None, seed=None):
+        """Estimates `E[fn(z, x) | x_m]` for each row of `x`, with no encoder (regression on a sleep set).
+
+        Args:
+          x: `[M, *event_shape]` observations.
+          fn: maps the sleep dict `{node name: Tensor[N, *event_shape]}` to `Tensor[N, ...]`.
+          num_sleep: size of the sleep set; default the learner's `num_sleep`.
+          seed: stateless seed; default the learner's seed generator.
+
+        Returns:
+          `Tensor[M, ...]`: `sum_n alpha_n(x_m) fn(sleep)_n`.
+        """
+        sample = self.sample(num_sleep or self.num_sleep, seed)
+        x = check_wake_x(x, sample[self.observed], self.observed)
+        weights = self._ridge_weights(sample[self.observed], x)
+        values = tf.convert_to_tensor(fn(sample))
+        return tf.tensordot(weights, tf.cast(values, weights.dtype), axes=1)
+
+    def train_step(self, data):
+        wake_x = _wake_batch(data)
+        seed = self.seed_generator.next()
+        with tf.GradientTape() as tape:
+            terms = self._surrogate_terms(wake_x, seed)
+            loss = -tf.reduce_mean(terms["surrogate"])
+        gradients = tape.gradient(loss, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+        return self._update_metrics(loss, terms)
+
+    def test_step(self, data):
+        terms = self._surrogate_terms(_wake_batch(data), self.seed_generator.next())
+        return self._update_metrics(-tf.reduce_mean(terms["surrogate"]), terms)
+
+    def fit(self, x=None, *args, **kwargs):
+        """`keras.Model.fit`, after checking array data (finite, shape and dtype of the observed node)."""
+        self._check_data(x, "x")
+        validation_data = kwargs.get("validation_data")
+        self._check_data(validation_data[0] if isinstance(validation_data, tuple) else validation_data,
+                         "validation_data")
+        return super().fit(x, *args, **kwargs)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "generative_model": keras.saving.serialize_keras_object(self.generative_model),
+            "num_sleep": self.num_sleep, "form": self.form, "num_holdout": self.num_holdout, "seed": self.seed,
+            "ridge": keras.saving.serialize_keras_object(self.ridge),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["generative_model"] = keras.saving.deserialize_keras_object(config["generative_model"])
+        config["ridge"] = keras.saving.deserialize_keras_object(config["ridge"])
+        return cls(**config)
+
+    def _surrogate_terms(self, wake_x, seed):
+        """Builds the model in the caller's tape and returns the surrogate `[M]` and regression diagnostics."""
+        joint = self.joint_distribution()
+        with tf.name_scope("sleep"):
+            sample = sleep(joint, self.num_sleep + self.num_holdout, seed)
+        fit = {name: value[:self.num_sleep] for name, value in sample.items()}
+        holdout = {name: value[self.num_sleep:] for name, value in sample.items()}
+        wake_x = check_wake_x(wake_x, sample[self.observed], self.observed)
+        queries = tf.concat([tf.cast(wake_x, sample[self.observed].dtype), holdout[self.observed]], axis=0)
+        weights = self._ridge_weights(fit[self.observed], queries)
+        num_wake = tf.shape(wake_x)[0]
+        terms = {"surrogate": weighted_log_joint(joint, fit, weights[:num_wake], wake_x, observed=self.observed,
+                                                 form=self.form)}
+        if self.num_holdout:
+            terms["ridge_r2"] = _holdout_r2(joint, fit, holdout, weights[num_wake:])
+        return terms
+
+    def _ridge_weights(self, sleep_x, query_x):
+        event_ndims = sleep_x.shape.rank - 1
+        return self.ridge(flatten_events(sleep_x, event_ndims), flatten_events(query_x, event_ndims))
+
+    def _update_metrics(self, loss, terms):
+        self.trackers["loss"].update_state(loss)
+        self.trackers["bandwidth"].update_state(self.ridge.bandwidth)
+        self.trackers["jitter"].update_state(self.ridge.jitter)
+        if "ridge_r2" in terms:
+            self.trackers["ridge_r2"].update_state(terms["ridge_r2"])
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+    def _next_seed(self, seed):
+        return self.seed_generator.next() if seed is None else seed
+
+    def _check_data(self, data, argument):
+        if not isinstance(data, (np.ndarray, tf.Tensor)):
+            return  # datasets and generators are checked batch by batch, at trace time, by `check_wake_x`
+        reference = self.sample(2, seed=[0, 0])[self.observed]
+        try:
+            check_wake_x(data, reference, self.observed)
+        except (ValueError, TypeError) as error:
+            raise type(error)(f"{argument}: {error}") from None
+
+
+def _wake_batch(data):
+    """The observations of a `fit` batch: `x`, or the first element of `(x,)`, `(x, y)` or `(x, y, w)`."""
+    return data[0] if isinstance(data, (tuple, list)) else data
+
+
+def _holdout_r2(joint, fit, holdout, holdout_weights):
+    """Out-of-sample R^2 of the ridge prediction of the sleep log-joint at held-out sleep points."""
+    target = tf.stop_gradient(tf.cast(_joint.log_prob(joint, holdout), holdout_weights.dtype))
+    fitted = tf.stop_gradient(tf.cast(_joint.log_prob(joint, fit), holdout_weights.dtype))
+    prediction = tf.linalg.matvec(holdout_weights, fitted)
+    residual = tf.reduce_mean(tf.square(target - prediction))
+    return 1. - residual / (tf.math.reduce_variance(target) + np.finfo(np.float32).tiny)
