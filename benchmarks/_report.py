@@ -1,0 +1,44 @@
+"""Shared output of the benchmark scripts: a header naming machine and versions, and markdown tables."""
+
+import os
+import platform
+import subprocess
+
+import keras
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+PLOT_DIR = os.path.join(os.path.dirname(__file__), "plots")
+
+
+def machine_header():
+    """One markdown line: commit, CPU model and count, Python/TF/TFP/Keras versions."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(__file__), check=False).stdout.strip() or "unknown"
+    except OSError:
+        commit = "unknown"
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (f"commit {commit}; {cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, "
+            f"TensorFlow {tf.__version__}, TFP {tfp.__version__}, Keras {keras.__version__}")
+
+
+def markdown_table(header, rows, float_format="{:.4g}"):
+    """Formats `rows` (sequences of cells) under `header` as a markdown table; floats use `float_format`."""
+    def cell(value):
+        return float_format.format(value) if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def plot_path(name):
+    """Path of a benchmark's PNG under benchmarks/plots/, creating the folder."""
+    os.makedirs(PLOT_DIR, exist_ok=True)
+    return os.path.join(PLOT_DIR, name)
