@@ -17,7 +17,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_amortised import _joint
-from tfp_amortised.ridge import KernelRidge
+from tfp_amortised.ridge import DEFAULT_RIDGE, KERNELS, median_bandwidth, ridge_weights
 
 FORMS = ("joint", "conditional")
 
@@ -91,7 +91,9 @@ def surrogate_log_marginal(joint, wake_x, *, num_sleep, seed, observed="x", ridg
       num_sleep: Python int `N >= 2`, the number of sleep samples.
       seed: a stateless seed (`int32[2]`); the same seed gives the same estimate.
       observed: name of the observed node in `joint`.
-      ridge: a `KernelRidge` layer; default `KernelRidge()` (Gaussian kernel, median bandwidth).
+      ridge: a `KernelRidge` layer, or None (default) for its defaults computed by pure functions: Gaussian
+        kernel, median-heuristic bandwidth, `DEFAULT_RIDGE`; None creates no Keras variables, so it also
+        works inside a `tf.function` that does not own a layer.
       form: `"joint"` or `"conditional"`.
 
     Returns:
@@ -114,11 +116,10 @@ def surrogate_log_marginal(joint, wake_x, *, num_sleep, seed, observed="x", ridg
     joint = _joint.resolve_joint(joint)
     _check_form(form)
     _joint.check_observed(joint, observed)
-    ridge = KernelRidge() if ridge is None else ridge
     sleep_sample = sleep(joint, num_sleep, seed)
     wake_x = check_wake_x(wake_x, sleep_sample[observed], observed)
     event_ndims = sleep_sample[observed].shape.rank - 1
-    weights = ridge(flatten_events(sleep_sample[observed], event_ndims), flatten_events(wake_x, event_ndims))
+    weights = _weights(ridge, flatten_events(sleep_sample[observed], event_ndims), flatten_events(wake_x, event_ndims))
     return weighted_log_joint(joint, sleep_sample, weights, wake_x, observed=observed, form=form)
 
 
@@ -141,6 +142,15 @@ def check_wake_x(wake_x, sleep_x, observed):
     if tf.executing_eagerly() and wake_x.dtype.is_floating and not tf.reduce_all(tf.math.is_finite(wake_x)):
         raise ValueError("wake_x contains NaN or infinite values.")
     return wake_x
+
+
+def _weights(ridge, sleep_x, query_x):
+    """`ridge(sleep_x, query_x)`, or the default kernel ridge weights `[M, N]` when `ridge` is None."""
+    if ridge is not None:
+        return ridge(sleep_x, query_x)
+    sleep_x, query_x = tf.cast(sleep_x, tf.float32), tf.cast(query_x, tf.float32)
+    kernel = KERNELS["gaussian"](length_scale=median_bandwidth(sleep_x))
+    return ridge_weights(kernel, sleep_x, query_x, DEFAULT_RIDGE)[0]
 
 
 def _check_num_sleep(num_sleep):

@@ -1,0 +1,259 @@
+"""Gradient estimates of `surrogate_log_marginal` against exact gradients of log p(x)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from tests.gradients import median_relative_error, per_point_gradients
+from tfp_amortised import KernelRidge, sleep, surrogate_log_marginal
+from tfp_amortised.models import FactorAnalysisModel, GaussianMixtureModel
+
+tfd = tfp.distributions
+Root = tfd.JointDistributionCoroutine.Root
+FORMS = ("joint", "conditional")
+
+
+def _wake(model, num_points, seed=(3, 4)):
+    return model.joint_distribution().sample(num_points, seed=seed)[-1]
+
+
+def _estimate_error(model, wake_x, num_sleep, form, seeds=((0, 7), (1, 7))):
+    """Median relative error of the estimated per-point gradient, averaged over two sleep seeds."""
+    exact = per_point_gradients(lambda: model.log_marginal(wake_x), model.trainable_variables)
+    errors = []
+    for seed in seeds:
+        estimate = per_point_gradients(
+            lambda: surrogate_log_marginal(model.joint_distribution, wake_x, num_sleep=num_sleep, seed=seed,
+                                           form=form),
+            model.trainable_variables)
+        errors.append(median_relative_error(estimate, exact))
+    return np.mean(errors)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_factor_analysis_gradient_matches_closed_form(form):
+    # Exact gradient: autodiff of the closed-form Gaussian marginal N(b, W W^T + diag(psi)). At N = 2000 the
+    # ridge estimate is within 10% (the issue's bound; measured about 7% joint, 4% conditional), and the error
+    # shrinks from N = 500 (measured 12% and 9%): the regression error falls like a power of N.
+    model = FactorAnalysisModel(latent_dim=1, data_dim=2, seed=1)
+    wake_x = _wake(model, 20)
+    error_small = _estimate_error(model, wake_x, 500, form)
+    error_large = _estimate_error(model, wake_x, 2000, form)
+    assert error_large < 0.10
+    assert error_large < 0.85 * error_small
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_mixture_gradient_matches_logsumexp(form):
+    # Discrete latent: exact gradient by autodiff of logsumexp over the 3 components. Measured at N = 2000:
+    # about 8.5% (joint) and 6% (conditional); at N = 500 about 17% and 14%.
+    model = GaussianMixtureModel(num_components=3, data_dim=2, scale=0.7, seed=1)
+    wake_x = _wake(model, 20)
+    error_small = _estimate_error(model, wake_x, 500, form)
+    error_large = _estimate_error(model, wake_x, 2000, form)
+    assert error_large < 0.12
+    assert error_large < 0.85 * error_small
+
+
+class CircleMixture(tf.Module):
+    """Two latent nodes, one discrete and one on the circle, with log p(x) by quadrature over the angle.
+
+        k ~ Categorical(pi),  phi ~ VonMises(0, 0) (uniform on the circle),
+        x | k, phi ~ N(mu_k + r [cos phi, sin phi], s^2 I)
+    """
+
+    def __init__(self):
+        self.mu = tf.Variable([[-1., 0.], [1., 0.5]])
+        self.radius = tf.Variable(1.)
+        self.logits = tf.Variable([0.3, -0.3])
+        self.scale = 0.8
+
+    def joint_distribution(self):
+        def model():
+            k = yield Root(tfd.Categorical(logits=self.logits, name="k"))
+            phi = yield Root(tfd.VonMises(0., 0., name="phi"))
+            ring = self.radius * tf.stack([tf.cos(phi), tf.sin(phi)], -1)
+            yield tfd.Independent(tfd.Normal(tf.gather(self.mu, k) + ring, self.scale), 1, name="x")
+
+        return tfd.JointDistributionCoroutine(model)
+
+    def log_marginal(self, x, num_angles=256):
+        # The periodic trapezoid rule converges geometrically for smooth periodic integrands: 256 points
+        # resolve a unit ring at scale 0.8 to float32 precision (checked against 2e5 prior draws).
+        phi = tf.range(num_angles, dtype=tf.float32) * (2. * np.pi / num_angles)
+        centres = (self.mu[:, None, :] + self.radius
+                   * tf.stack([tf.cos(phi), tf.sin(phi)], -1)[None])  # [K, A, 2]
+        log_lik = tfd.Independent(tfd.Normal(centres, self.scale), 1).log_prob(x[:, None, None, :])  # [M, K, A]
+        log_prior = tf.nn.log_softmax(self.logits)[None, :, None] - np.log(num_angles)
+        return tf.reduce_logsumexp(log_lik + log_prior, axis=[1, 2])
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_discrete_and_circular_latents_match_quadrature(form):
+    # Seven parameters, two latent nodes. Measured median errors at N = 2000: 0.165 (joint), 0.138
+    # (conditional) for one sleep seed; a wrong sign, node or weight gives errors near 1.
+    model = CircleMixture()
+    wake_x = _wake(model, 16)
+    assert _estimate_error(model, wake_x, 2000, form) < 0.22
+
+
+def _scalar_model_variants(loc, weight):
+    """One model, z ~ N(0, 1), x | z ~ N(weight z + loc, 1), written as four kinds of JointDistribution."""
+
+    def coroutine():
+        z = yield Root(tfd.Normal(0., 1., name="z"))
+        yield tfd.Normal(weight * z + loc, 1., name="x")
+
+    def autobatched():
+        z = yield tfd.Normal(0., 1., name="z")
+        yield tfd.Normal(weight * z + loc, 1., name="x")
+
+    return {
+        "coroutine": lambda: tfd.JointDistributionCoroutine(coroutine),
+        "autobatched": lambda: tfd.JointDistributionCoroutineAutoBatched(autobatched),
+        "sequential": lambda: tfd.JointDistributionSequential(
+            [tfd.Normal(0., 1., name="z"), lambda z: tfd.Normal(weight * z + loc, 1., name="x")]),
+        "named": lambda: tfd.JointDistributionNamed(
+            {"z": tfd.Normal(0., 1.), "x": lambda z: tfd.Normal(weight * z + loc, 1.)}),
+    }
+
+
+def _scalar_model_gradients(kind, form, seed=(5, 6)):
+    """Estimated and exact per-point gradients for `_scalar_model_variants`, at 13 wake points."""
+    loc, weight = tf.Variable(0.5), tf.Variable(1.5)
+    joint = _scalar_model_variants(loc, weight)[kind]
+    wake_x = tf.linspace(-2.5, 3.5, 13)
+    estimate = per_point_gradients(
+        lambda: surrogate_log_marginal(joint, wake_x, num_sleep=1000, seed=seed, form=form), [loc, weight])
+    # x ~ N(loc, v), v = weight^2 + 1: d/dloc log p = (x - loc) / v, d/dweight = weight ((x - loc)^2 / v^2 - 1 / v).
+    variance, residual = 1. + 1.5**2, wake_x - 0.5
+    exact = tf.stack([residual / variance, 1.5 * (residual**2 / variance**2 - 1. / variance)], axis=1)
+    return estimate, exact
+
+
+@pytest.mark.parametrize("kind", ["coroutine", "autobatched", "sequential", "named"])
+@pytest.mark.parametrize("form", FORMS)
+def test_every_joint_distribution_kind(kind, form):
+    # N = 1000, scalar x: measured median errors 0.07-0.13 over two sleep seeds, every kind and form.
+    estimate, exact = _scalar_model_gradients(kind, form)
+    assert median_relative_error(estimate, exact) < 0.2
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_explicitly_batched_kinds_give_identical_estimates(form):
+    # Coroutine, Sequential and Named draw the same samples from the same seed: the estimates are the same.
+    coroutine, _ = _scalar_model_gradients("coroutine", form)
+    for kind in ("sequential", "named"):
+        np.testing.assert_allclose(_scalar_model_gradients(kind, form)[0], coroutine, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("event_shape", [[], [3], [2, 3]])
+@pytest.mark.parametrize("num_wake", [1, 7])
+@pytest.mark.parametrize("form", FORMS)
+def test_shapes(event_shape, num_wake, form):
+    shift = tf.Variable(tf.zeros(event_shape))
+
+    def joint():
+        def model():
+            z = yield Root(tfd.Normal(0., 1., name="z"))
+            loc = tf.reshape(z, tf.concat([tf.shape(z), tf.ones([len(event_shape)], tf.int32)], 0)) + shift
+            yield tfd.Independent(tfd.Normal(loc, 1.), len(event_shape), name="x")
+
+        return tfd.JointDistributionCoroutine(model)
+
+    wake_x = tf.ones([num_wake] + event_shape)
+    with tf.GradientTape() as tape:
+        surrogate = surrogate_log_marginal(joint, wake_x, num_sleep=50, seed=(1, 2), form=form)
+        total = tf.reduce_sum(surrogate)
+    assert surrogate.shape == [num_wake]
+    assert tape.gradient(total, shift).shape == event_shape
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_eager_function_and_xla_agree(form):
+    model = GaussianMixtureModel(num_components=3, data_dim=2, seed=1)
+    wake_x = _wake(model, 5)
+    ridge = KernelRidge(bandwidth=1.5)  # layers own variables: create them outside the tf.function
+
+    def surrogate():
+        return surrogate_log_marginal(model.joint_distribution, wake_x, num_sleep=200, seed=(8, 9), form=form,
+                                      ridge=ridge)
+
+    eager = surrogate()
+    np.testing.assert_allclose(tf.function(surrogate)(), eager, rtol=1e-4, atol=1e-4)
+    # XLA draws the same stateless samples; its float32 Cholesky of K + N lam I (condition number up to
+    # 1 / lam = 1e3) rounds differently: measured differences up to 0.7%. Other samples would differ by 10%+.
+    np.testing.assert_allclose(tf.function(surrogate, jit_compile=True)(), eager, rtol=2e-2)
+
+
+def test_default_ridge_needs_no_variables_inside_tf_function():
+    model = GaussianMixtureModel(num_components=3, data_dim=2, seed=1)
+    wake_x = _wake(model, 5)
+
+    def surrogate():
+        return surrogate_log_marginal(model.joint_distribution, wake_x, num_sleep=200, seed=(8, 9))
+
+    np.testing.assert_allclose(tf.function(surrogate)(), surrogate(), rtol=1e-4, atol=1e-4)
+
+
+def test_sleep_is_detached_named_and_seeded():
+    model = GaussianMixtureModel(num_components=3, data_dim=2, seed=1)
+    with tf.GradientTape() as tape:
+        sample = sleep(model.joint_distribution(), 10, seed=(1, 2))
+        total = tf.reduce_sum(sample["x"])
+    assert set(sample) == {"z", "x"}
+    assert sample["z"].shape == [10] and sample["x"].shape == [10, 2]
+    assert tape.gradient(total, model.means) is None
+    again = sleep(model.joint_distribution(), 10, seed=(1, 2))
+    other = sleep(model.joint_distribution(), 10, seed=(1, 3))
+    np.testing.assert_array_equal(sample["x"], again["x"])
+    assert not np.allclose(sample["x"], other["x"])
+
+
+class TestBadInput:
+    model = None
+
+    def setup_method(self):
+        self.model = GaussianMixtureModel(num_components=2, data_dim=3, seed=1)
+
+    def _call(self, wake_x, **kwargs):
+        arguments = {"num_sleep": 10, "seed": (1, 2), **kwargs}
+        return surrogate_log_marginal(self.model.joint_distribution, wake_x, **arguments)
+
+    def test_nan(self):
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            self._call(np.array([[0., np.nan, 1.]], np.float32))
+
+    def test_inf(self):
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            self._call(np.array([[0., np.inf, 1.]], np.float32))
+
+    def test_trailing_shape(self):
+        with pytest.raises(ValueError, match=r"shape \[M, 3\].*Received: wake_x.shape=\(4, 2\)"):
+            self._call(np.zeros([4, 2], np.float32))
+
+    def test_missing_batch_dimension(self):
+        with pytest.raises(ValueError, match="wake_x must have shape"):
+            self._call(np.zeros([3], np.float32))
+
+    def test_dtype(self):
+        with pytest.raises(TypeError, match="Received: wake_x.dtype=string"):
+            self._call(tf.constant([["a", "b", "c"]]))
+
+    def test_unknown_observed(self):
+        with pytest.raises(ValueError, match=r"observed='y' is not a node.*\['z', 'x'\]"):
+            self._call(np.zeros([4, 3], np.float32), observed="y")
+
+    @pytest.mark.parametrize("num_sleep", [1, 0, 2.5])
+    def test_num_sleep(self, num_sleep):
+        with pytest.raises(ValueError, match=f"Received: num_sleep={num_sleep}"):
+            self._call(np.zeros([4, 3], np.float32), num_sleep=num_sleep)
+
+    def test_form(self):
+        with pytest.raises(ValueError, match="Received: form='marginal'"):
+            self._call(np.zeros([4, 3], np.float32), form="marginal")
+
+    def test_not_a_joint(self):
+        with pytest.raises(TypeError, match="Received: joint of type Normal"):
+            surrogate_log_marginal(tfd.Normal(0., 1.), np.zeros([4, 1]), num_sleep=10, seed=(1, 2))
