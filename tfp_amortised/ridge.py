@@ -23,6 +23,8 @@ KERNELS = {
     "matern52": psd_kernels.MaternFiveHalves,
 }
 
+DEFAULT_RIDGE = 1e-3
+
 
 def median_bandwidth(x, max_points=512):
     """Median heuristic bandwidth: the median distance between two independent rows of `x`.
@@ -101,7 +103,7 @@ class KernelRidge(keras.layers.Layer):
     ```
     """
 
-    def __init__(self, kernel="gaussian", bandwidth="median", ridge=1e-3, bandwidth_subsample=512, **kwargs):
+    def __init__(self, kernel="gaussian", bandwidth="median", ridge=DEFAULT_RIDGE, bandwidth_subsample=512, **kwargs):
         super().__init__(**kwargs)
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {sorted(KERNELS)}. Received: kernel={kernel!r}")
