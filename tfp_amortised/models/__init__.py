@@ -1,6 +1,17 @@
 """Example generative models, each a `GenerativeModel` with its JointDistribution and, where exact, log p(x)."""
 
+from tfp_amortised.models.blowfly import BlowflyModel, load_blowfly
 from tfp_amortised.models.factor_analysis import FactorAnalysisModel
 from tfp_amortised.models.gaussian_mixture import GaussianMixtureModel
+from tfp_amortised.models.hierarchical import HierarchicalPoissonModel
+from tfp_amortised.models.ica import IndependentComponentsModel, amari_index
 
-__all__ = ["FactorAnalysisModel", "GaussianMixtureModel"]
+__all__ = [
+    "BlowflyModel",
+    "FactorAnalysisModel",
+    "GaussianMixtureModel",
+    "HierarchicalPoissonModel",
+    "IndependentComponentsModel",
+    "amari_index",
+    "load_blowfly",
+]
