@@ -5,6 +5,7 @@ from tfp_amortised.models.factor_analysis import FactorAnalysisModel
 from tfp_amortised.models.gaussian_mixture import GaussianMixtureModel
 from tfp_amortised.models.hierarchical import HierarchicalPoissonModel
 from tfp_amortised.models.ica import IndependentComponentsModel, amari_index
+from tfp_amortised.models.softplus import SoftplusGaussianModel
 
 __all__ = [
     "BlowflyModel",
@@ -12,6 +13,7 @@ __all__ = [
     "GaussianMixtureModel",
     "HierarchicalPoissonModel",
     "IndependentComponentsModel",
+    "SoftplusGaussianModel",
     "amari_index",
     "load_blowfly",
 ]

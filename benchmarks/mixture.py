@@ -1,0 +1,112 @@
+"""Five-component Gaussian mixture: amortised learning against exact maximum likelihood (EM).
+
+Data: 2-D, five isotropic clusters on a circle of radius 3 (sigma 0.6, unequal weights). The reference is
+exact maximum likelihood: EM (NumPy, `benchmarks._reference.gaussian_mixture_em`, best of 20 restarts). For
+each seed, `AmortisedLearner` trains `GaussianMixtureModel(5, 2)` from five distinct training points chosen by
+the seed as means, equal weights and scale 1. Score: held-out log-likelihood per point, exact by logsumexp.
+
+    python -m benchmarks.mixture [--quick]
+"""
+
+import argparse
+import time
+
+import keras
+import matplotlib
+import numpy as np
+
+from benchmarks._reference import gaussian_mixture_em
+from benchmarks._report import machine_header, markdown_table, plot_path
+from tfp_amortised.learner import AmortisedLearner
+from tfp_amortised.models.gaussian_mixture import GaussianMixtureModel
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+NUM_COMPONENTS, DATA_DIM = 5, 2
+FORMS = ("joint", "conditional")
+
+
+def simulate(num_points, seed=0):
+    """`float32[num_points, 2]` draws from the five-cluster mixture and the true model that drew them."""
+    angles = 2. * np.pi * np.arange(NUM_COMPONENTS) / NUM_COMPONENTS
+    truth = GaussianMixtureModel(NUM_COMPONENTS, DATA_DIM, scale=0.6)
+    truth.means.assign(3. * np.stack([np.cos(angles), np.sin(angles)], axis=-1))
+    truth.logits.assign(np.log([0.3, 0.25, 0.2, 0.15, 0.1]))
+    return truth.joint_distribution().sample(num_points, seed=[seed, 0])[1].numpy(), truth
+
+
+def initial_means(x, seed):
+    """`[5, 2]`: five distinct rows of `x` chosen by `seed` (the learner's initial means)."""
+    return x[np.random.default_rng(seed).choice(len(x), NUM_COMPONENTS, replace=False)]
+
+
+def learn(x_train, x_test, init_means, *, form, num_sleep, epochs, seed, learning_rate=0.05, batch_size=100):
+    """Trains by `AmortisedLearner`; returns the held-out log-likelihood per point after each epoch, `[epochs]`."""
+    model = GaussianMixtureModel(NUM_COMPONENTS, DATA_DIM, seed=seed)
+    model.means.assign(init_means)
+    learner = AmortisedLearner(model, num_sleep=num_sleep, form=form, seed=seed)
+    learner.compile(optimizer=keras.optimizers.Adam(learning_rate))
+    curve = []
+    for _ in range(epochs):
+        learner.fit(x_train, batch_size=batch_size, epochs=1, verbose=0)
+        curve.append(float(np.mean(model.log_marginal(x_test))))
+    return np.array(curve)
+
+
+def em_score(x_train, x_test, restarts=20):
+    """Held-out log-likelihood per point of the maximum-likelihood fit by EM (best of `restarts`)."""
+    (log_weights, means, scale), _ = gaussian_mixture_em(x_train, NUM_COMPONENTS, restarts=restarts)
+    fitted = GaussianMixtureModel(NUM_COMPONENTS, DATA_DIM, scale=float(scale))
+    fitted.logits.assign(log_weights)
+    fitted.means.assign(means)
+    return float(np.mean(fitted.log_marginal(x_test)))
+
+
+def plot(curves, em, truth_score, path):
+    """Learning curves (held-out log-likelihood per epoch) of every seed and form beside EM's value."""
+    figure, axes = plt.subplots(1, len(FORMS), figsize=(9, 3.5), sharey=True)
+    for axis, form in zip(axes, FORMS):
+        for seed, curve in enumerate(curves[form]):
+            axis.plot(np.arange(1, len(curve) + 1), curve, label=f"seed {seed}")
+        axis.axhline(em, color="k", linestyle="-", label="EM (exact ML)")
+        axis.axhline(truth_score, color="k", linestyle="--", label="true parameters")
+        axis.set_title(f"amortised learning, {form} form", fontsize=9)
+        axis.set_xlabel("epoch")
+        axis.set_ylim(truth_score - 0.6, truth_score + 0.1)
+    axes[0].set_ylabel("held-out log-likelihood per point")
+    axes[-1].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="two seeds, 8 epochs, N=300")
+    args = parser.parse_args()
+    seeds, epochs, num_sleep = (range(2), 8, 300) if args.quick else (range(5), 25, 1000)
+    start = time.time()
+    x, truth = simulate(4000)
+    x_train, x_test = x[:2000], x[2000:]
+    truth_score = float(np.mean(truth.log_marginal(x_test)))
+    em = em_score(x_train, x_test)
+    curves = {form: [learn(x_train, x_test, initial_means(x_train, seed), form=form, num_sleep=num_sleep,
+                           epochs=epochs, seed=seed) for seed in seeds] for form in FORMS}
+    path = plot_path("mixture.png")
+    plot(curves, em, truth_score, path)
+    final = {form: np.array([curve[-1] for curve in curves[form]]) for form in FORMS}
+    rows = [[seed, *[final[form][seed] for form in FORMS], *[final[form][seed] - em for form in FORMS]]
+            for seed in seeds]
+    rows.append(["mean", *[float(final[form].mean()) for form in FORMS],
+                 *[float(final[form].mean() - em) for form in FORMS]])
+    print(machine_header())
+    print(f"held-out log-likelihood per point: EM (exact ML) {em:.4f}, true parameters {truth_score:.4f}; "
+          f"amortised: N={num_sleep}, {epochs} epochs of 20 minibatches of 100\n")
+    print(markdown_table(["seed", "amortised joint", "amortised conditional", "joint − EM", "conditional − EM"],
+                         rows, "{:.4f}"))
+    print(f"\nplot: {path}; wall time {time.time() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
