@@ -6,6 +6,14 @@ Kernel ridge regression of any target `t_n` on sleep observations `x_n` predicts
 
 The weights depend on the sleep and query observations only, so one Cholesky factor of `K + N lam I` serves
 every target: the log-joint, functions of the latents, or held-out diagnostics.
+
+Three solvers, each a pure function `(kernel, sleep_x, query_x, ridge, ...) -> (weights [M, N], jitter)`:
+
+    cholesky          exact; O(N^2 D) Gram, O(N^3 / 3) Cholesky, O(N^2 M) solve, O(N^2) memory
+    random_features   k(x, y) ~ phi(x) . phi(y) with F random Fourier features; O(N F (D + F) + N M F)
+    nystrom           k(x, y) ~ k(x, U) K_UU^{-1} k(U, y) on R inducing points; O(N R (D + R) + N M R)
+
+The two approximations are linear in N (time and memory) for a fixed wake batch M.
 """
 
 import math
@@ -24,6 +32,14 @@ KERNELS = {
 }
 
 DEFAULT_RIDGE = 1e-3
+
+# Degrees of freedom 2 nu of the Student-t spectral density of each Matern kernel; None for the Gaussian one.
+_DEGREES_OF_FREEDOM = {
+    psd_kernels.ExponentiatedQuadratic: None,
+    psd_kernels.MaternOneHalf: 1,
+    psd_kernels.MaternThreeHalves: 3,
+    psd_kernels.MaternFiveHalves: 5,
+}
 
 
 def median_bandwidth(x, max_points=512):
@@ -64,12 +80,168 @@ def ridge_weights(kernel, sleep_x, query_x, ridge):
       weights: `Tensor[M, N]`; `weights @ t` is the ridge prediction at each query for targets `t: [N, ...]`.
       jitter: scalar `Tensor`, the diagonal shift the Cholesky needed beyond `N ridge` (0 when none).
     """
-    num_sleep = tf.cast(tf.shape(sleep_x)[0], sleep_x.dtype)
-    gram = kernel.matrix(sleep_x, sleep_x)
+    return _cholesky_weights(kernel.matrix(sleep_x, sleep_x), kernel.matrix(sleep_x, query_x), ridge)
+
+
+def _cholesky_weights(gram, cross, ridge):
+    """`(gram + N ridge I)^{-1} cross`, transposed, and the jitter: `gram: [N, N]`, `cross: [N, M]` -> `[M, N]`."""
+    num_sleep = tf.cast(tf.shape(gram)[0], gram.dtype)
     gram = tf.linalg.set_diag(gram, tf.linalg.diag_part(gram) + num_sleep * ridge)
     chol, jitter = tfp.experimental.distributions.marginal_fns.retrying_cholesky(gram)
-    cross = kernel.matrix(sleep_x, query_x)
     return tf.transpose(tf.linalg.cholesky_solve(chol, cross)), jitter
+
+
+def feature_ridge_weights(sleep_features, query_features, ridge):
+    """Ridge weights for a kernel that is an inner product of `F` features, `k(x, y) = phi(x) . phi(y)`.
+
+    With `Phi = phi(X): [N, F]`, the push-through identity `(Phi Phi^T + N lam I)^{-1} Phi =
+    Phi (Phi^T Phi + N lam I)^{-1}` turns the `N x N` system into an `F x F` one:
+
+        alpha(x) = Phi (Phi^T Phi + N lam I_F)^{-1} phi(x).
+
+    Cost O(N F^2 + F^3 / 3 + N M F): linear in `N`. When `F > N` (known statically) the `N x N` system
+    `alpha(x) = (Phi Phi^T + N lam I)^{-1} Phi phi(x)` is the smaller one, and is solved instead.
+
+    Args:
+      sleep_features: `Tensor[N, F]`, the features `phi(x_n)` of the sleep observations.
+      query_features: `Tensor[M, F]`, the features of the query points.
+      ridge: scalar `lam > 0`.
+
+    Returns:
+      weights: `Tensor[M, N]`.
+      jitter: scalar `Tensor`, the diagonal shift the Cholesky needed beyond `N ridge`.
+    """
+    num_sleep, num_features = sleep_features.shape[0], sleep_features.shape[-1]
+    if num_sleep is not None and num_features is not None and num_features > num_sleep:
+        gram = tf.matmul(sleep_features, sleep_features, transpose_b=True)
+        cross = tf.matmul(sleep_features, query_features, transpose_b=True)
+        return _cholesky_weights(gram, cross, ridge)
+    num_sleep = tf.cast(tf.shape(sleep_features)[0], sleep_features.dtype)
+    precision = tf.matmul(sleep_features, sleep_features, transpose_a=True)  # [F, F]
+    precision = tf.linalg.set_diag(precision, tf.linalg.diag_part(precision) + num_sleep * ridge)
+    chol, jitter = tfp.experimental.distributions.marginal_fns.retrying_cholesky(precision)
+    coefficients = tf.linalg.cholesky_solve(chol, tf.transpose(query_features))  # [F, M]
+    return tf.matmul(coefficients, sleep_features, transpose_a=True, transpose_b=True), jitter
+
+
+def fourier_frequencies(kernel, dim, num_frequencies, seed, dtype=tf.float32):
+    """Frequencies `omega: [D, num_frequencies]` drawn from the spectral density of a stationary kernel.
+
+    Bochner's theorem: `k(x - y) = E_omega[cos(omega . (x - y))]` with `omega` drawn from the kernel's
+    normalised spectral density (Rahimi and Recht, 2007). For the length scale `l`:
+
+        ExponentiatedQuadratic:   omega ~ N(0, I / l^2)
+        Matern, order nu:         omega ~ multivariate Student-t, 2 nu degrees of freedom, scale I / l^2,
+                                  i.e. omega = g sqrt(2 nu / u) / l, g ~ N(0, I), u ~ chi^2(2 nu)
+
+    The chi-squared draw is a sum of `2 nu` (1, 3 or 5) squared normals, so the frequencies are the same in
+    eager, `tf.function` and XLA.
+
+    Args:
+      kernel: a `tfp.math.psd_kernels` `ExponentiatedQuadratic`, `MaternOneHalf`, `MaternThreeHalves` or
+        `MaternFiveHalves` with scalar parameters.
+      dim: the feature size `D` of the inputs.
+      num_frequencies: number of frequencies.
+      seed: a stateless seed, `int32[2]`.
+      dtype: dtype of the result.
+
+    Returns:
+      `Tensor[D, num_frequencies]`.
+    """
+    if type(kernel) not in _DEGREES_OF_FREEDOM:
+        raise ValueError(
+            "Random Fourier features need a kernel with a known spectral density, one of "
+            f"{[k.__name__ for k in _DEGREES_OF_FREEDOM]}. Received: kernel of type {type(kernel).__name__}")
+    normal_seed, chi2_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    frequencies = tf.random.stateless_normal([dim, num_frequencies], normal_seed, dtype=dtype)
+    degrees_of_freedom = _DEGREES_OF_FREEDOM[type(kernel)]
+    if degrees_of_freedom is not None:
+        chi2 = tf.reduce_sum(
+            tf.random.stateless_normal([degrees_of_freedom, num_frequencies], chi2_seed, dtype=dtype)**2, axis=0)
+        frequencies *= tf.sqrt(degrees_of_freedom / chi2)
+    return frequencies / tf.cast(kernel.length_scale, dtype)
+
+
+def random_fourier_features(x, frequencies, amplitude=None):
+    """Random Fourier features `phi(x) = a [cos(omega^T x), sin(omega^T x)] / sqrt(F / 2)`.
+
+    `phi(x) . phi(y) = a^2 mean_j cos(omega_j . (x - y))`, an unbiased estimate of `k(x, y)` when the
+    `omega_j` come from `fourier_frequencies`.
+
+    Args:
+      x: `Tensor[B, D]`.
+      frequencies: `Tensor[D, F / 2]`.
+      amplitude: the kernel's amplitude `a` (scalar), or None for 1.
+
+    Returns:
+      `Tensor[B, F]`.
+    """
+    projection = tf.matmul(x, frequencies)
+    scale = tf.math.rsqrt(tf.cast(tf.shape(frequencies)[-1], x.dtype))
+    if amplitude is not None:
+        scale *= tf.cast(amplitude, x.dtype)
+    return scale * tf.concat([tf.cos(projection), tf.sin(projection)], axis=-1)
+
+
+def random_feature_ridge_weights(kernel, sleep_x, query_x, ridge, num_features=1024, seed=(0, 0)):
+    """Approximate ridge weights from `num_features` random Fourier features (Rahimi and Recht, 2007).
+
+    The kernel is replaced by `phi(x) . phi(y)` (`random_fourier_features`), whose error falls as
+    `1 / sqrt(num_features)`; the weights come from `feature_ridge_weights`. Cost O(N F (D + F) + N M F).
+
+    Args:
+      kernel: a stationary kernel that `fourier_frequencies` accepts.
+      sleep_x: `Tensor[N, D]`.
+      query_x: `Tensor[M, D]`.
+      ridge: scalar `lam > 0`.
+      num_features: even number `F` of features (`F / 2` frequencies, each giving a cosine and a sine).
+      seed: stateless seed of the frequencies, `int32[2]`: the same seed gives the same features.
+
+    Returns:
+      weights: `Tensor[M, N]`.
+      jitter: scalar `Tensor` (see `feature_ridge_weights`).
+    """
+    frequencies = fourier_frequencies(kernel, sleep_x.shape[-1], num_features // 2, seed, sleep_x.dtype)
+    return feature_ridge_weights(random_fourier_features(sleep_x, frequencies, kernel.amplitude),
+                                 random_fourier_features(query_x, frequencies, kernel.amplitude), ridge)
+
+
+def nystrom_ridge_weights(kernel, sleep_x, query_x, ridge, num_inducing=512):
+    """Approximate ridge weights from the Nystrom approximation on `num_inducing` sleep points.
+
+    With inducing points `U`, the first `R = num_inducing` sleep rows (a uniform random subset, the rows being
+    i.i.d. draws), and `L L^T = K_UU`, the features `phi(x) = L^{-1} k(U, x)` give the Nystrom kernel
+    `k(x, U) K_UU^{-1} k(U, y)` (Williams and Seeger, 2001), exact when `U` is the whole sleep set; the
+    weights come from `feature_ridge_weights`. Cost O(N R (D + R) + N M R).
+
+    Args:
+      kernel: a `tfp.math.psd_kernels` kernel with one feature dimension.
+      sleep_x: `Tensor[N, D]`.
+      query_x: `Tensor[M, D]`.
+      ridge: scalar `lam > 0`.
+      num_inducing: number `R` of inducing points (all `N` when `R >= N`).
+
+    Returns:
+      weights: `Tensor[M, N]`.
+      jitter: scalar `Tensor`, the diagonal shifts the Cholesky factorisations of `K_UU` and of the
+        `R x R` ridge system needed.
+    """
+    inducing = sleep_x[:num_inducing]
+    chol, inducing_jitter = tfp.experimental.distributions.marginal_fns.retrying_cholesky(
+        kernel.matrix(inducing, inducing))
+
+    def features(x):
+        return tf.transpose(tf.linalg.triangular_solve(chol, kernel.matrix(inducing, x)))
+
+    weights, jitter = feature_ridge_weights(features(sleep_x), features(query_x), ridge)
+    return weights, inducing_jitter + jitter
+
+
+SOLVERS = {
+    "cholesky": ridge_weights,
+    "random_features": random_feature_ridge_weights,
+    "nystrom": nystrom_ridge_weights,
+}
 
 
 @keras.saving.register_keras_serializable(package="tfp_amortised")
@@ -93,6 +265,13 @@ class KernelRidge(keras.layers.Layer):
       bandwidth: `"median"` (default) for the median heuristic, or a positive float length scale.
       ridge: the regulariser `lam > 0`; the Gram matrix gets `N lam` on its diagonal.
       bandwidth_subsample: number of sleep points the median heuristic looks at.
+      solver: `"cholesky"` (default; exact, `ridge_weights`), `"random_features"` (random Fourier features,
+        `random_feature_ridge_weights`) or `"nystrom"` (`nystrom_ridge_weights`). The two approximations
+        cost time and memory linear in `N`: use them beyond a few thousand sleep samples.
+      num_features: even number of random Fourier features (`solver="random_features"`).
+      num_inducing: number of Nystrom inducing points (`solver="nystrom"`).
+      seed: integer seed of the random Fourier frequencies; fixed, so every call uses the same frequencies
+        (scaled by the current bandwidth).
 
     #### Examples
 
@@ -100,10 +279,20 @@ class KernelRidge(keras.layers.Layer):
     ridge = KernelRidge(ridge=1e-3)
     alpha = ridge(sleep_x, wake_x)           # [M, N]
     posterior_mean = alpha @ sleep_z         # E[z | x_m] for every wake point
+    fast = KernelRidge(solver="random_features", num_features=2048)  # for N = 50 000 sleep samples
     ```
+
+    #### References
+
+    [1] Li K. Wenliang, Theodore Moskovitz, Heishiro Kanagawa, Maneesh Sahani. Amortised Learning by
+        Wake-Sleep. ICML 2020.
+    [2] Ali Rahimi, Benjamin Recht. Random Features for Large-Scale Kernel Machines. NeurIPS 2007.
+    [3] Christopher K. I. Williams, Matthias Seeger. Using the Nystrom Method to Speed Up Kernel Machines.
+        NeurIPS 2001.
     """
 
-    def __init__(self, kernel="gaussian", bandwidth="median", ridge=DEFAULT_RIDGE, bandwidth_subsample=512, **kwargs):
+    def __init__(self, kernel="gaussian", bandwidth="median", ridge=DEFAULT_RIDGE, bandwidth_subsample=512,
+                 solver="cholesky", num_features=1024, num_inducing=512, seed=0, **kwargs):
         super().__init__(**kwargs)
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {sorted(KERNELS)}. Received: kernel={kernel!r}")
@@ -114,18 +303,23 @@ class KernelRidge(keras.layers.Layer):
         if not (isinstance(bandwidth_subsample, int) and bandwidth_subsample >= 2):
             raise ValueError(
                 f"bandwidth_subsample must be an integer >= 2. Received: bandwidth_subsample={bandwidth_subsample!r}")
+        _check_solver(solver, num_features, num_inducing, seed)
+        self.solver, self.num_features, self.num_inducing, self.seed = solver, num_features, num_inducing, seed
         self.kernel_name = kernel
         self.bandwidth_rule = bandwidth
         self.bandwidth_subsample = bandwidth_subsample
         self.initial_ridge = float(ridge)
         initial_bandwidth = 1. if bandwidth == "median" else float(bandwidth)
-        self.log_bandwidth = self.add_weight(
-            shape=(), initializer=keras.initializers.Constant(math.log(initial_bandwidth)),
-            trainable=False, name="log_bandwidth")
-        self.log_ridge = self.add_weight(
-            shape=(), initializer=keras.initializers.Constant(math.log(ridge)), trainable=False, name="log_ridge")
-        self.jitter = self.add_weight(shape=(), initializer="zeros", trainable=False, name="jitter")
+        self.log_bandwidth = self._scalar_weight("log_bandwidth", math.log(initial_bandwidth))
+        self.log_ridge = self._scalar_weight("log_ridge", math.log(ridge))
+        self.jitter = self._scalar_weight("jitter", 0.)
         self.built = True
+
+    def _scalar_weight(self, name, value):
+        # Assigned, not passed to keras.initializers.Constant, which rounds a Python float to float32 first.
+        weight = self.add_weight(shape=(), initializer="zeros", trainable=False, name=name)
+        weight.assign(value)
+        return weight
 
     @property
     def bandwidth(self):
@@ -138,15 +332,28 @@ class KernelRidge(keras.layers.Layer):
         return tf.exp(self.log_ridge)
 
     def call(self, sleep_x, query_x):
-        sleep_x = tf.convert_to_tensor(sleep_x, self.compute_dtype)
-        query_x = tf.convert_to_tensor(query_x, self.compute_dtype)
+        sleep_x = _as_real(sleep_x, "sleep_x", self.compute_dtype)
+        query_x = _as_real(query_x, "query_x", self.compute_dtype)
         _check_features(sleep_x, query_x)
+        # The kernel is stationary: centring both sets on the sleep mean changes nothing but rounding (the Gram
+        # matrix's |x|^2 + |y|^2 - 2 x.y and the Fourier phases lose precision far from the origin).
+        center = tf.reduce_mean(sleep_x, axis=0)
+        sleep_x, query_x = sleep_x - center, query_x - center
         if self.bandwidth_rule == "median":
             self.log_bandwidth.assign(tf.math.log(median_bandwidth(sleep_x, self.bandwidth_subsample)))
+        _check_bandwidth(self.bandwidth)
         kernel = KERNELS[self.kernel_name](length_scale=tf.exp(tf.cast(self.log_bandwidth, self.compute_dtype)))
-        weights, jitter = ridge_weights(kernel, sleep_x, query_x, tf.exp(tf.cast(self.log_ridge, self.compute_dtype)))
+        ridge = tf.exp(tf.cast(self.log_ridge, self.compute_dtype))
+        weights, jitter = SOLVERS[self.solver](kernel, sleep_x, query_x, ridge, **self._solver_options())
         self.jitter.assign(tf.cast(jitter, self.jitter.dtype))
         return weights
+
+    def _solver_options(self):
+        if self.solver == "random_features":
+            return {"num_features": self.num_features, "seed": tf.constant([self.seed, 0], tf.int32)}
+        if self.solver == "nystrom":
+            return {"num_inducing": self.num_inducing}
+        return {}
 
     def compute_output_shape(self, sleep_x_shape, query_x_shape):
         return (query_x_shape[0], sleep_x_shape[0])
@@ -158,7 +365,35 @@ class KernelRidge(keras.layers.Layer):
             "bandwidth": self.bandwidth_rule,
             "ridge": self.initial_ridge,
             "bandwidth_subsample": self.bandwidth_subsample,
+            "solver": self.solver,
+            "num_features": self.num_features,
+            "num_inducing": self.num_inducing,
+            "seed": self.seed,
         }
+
+
+def _as_real(value, argument, dtype):
+    """`value` as a `dtype` Tensor; a TypeError unless it holds real numbers, a ValueError (eager) if not finite."""
+    value = tf.convert_to_tensor(value)
+    if not (value.dtype.is_floating or value.dtype.is_integer or value.dtype.is_bool):
+        raise TypeError(f"{argument} must hold real numbers. Received: {argument}.dtype={value.dtype.name}")
+    if tf.executing_eagerly() and value.dtype.is_floating and not tf.reduce_all(tf.math.is_finite(value)):
+        count = int(tf.reduce_sum(tf.cast(~tf.math.is_finite(value), tf.int32)))
+        raise ValueError(f"{argument} must be finite. Received: {argument} of shape {value.shape} with {count} NaN or "
+                         "infinite values")
+    return tf.cast(value, dtype)
+
+
+def _check_bandwidth(bandwidth):
+    """Eagerly, a ValueError when the kernel cannot use the bandwidth (zero, or so small its inverse square overflows).
+
+    The median heuristic gives 0 when more than half of the sleep observations coincide (discrete data).
+    """
+    if tf.executing_eagerly() and not tf.math.is_finite(tf.math.reciprocal(tf.square(bandwidth))):
+        raise ValueError(
+            "The kernel bandwidth is 0 or too small to use (the median heuristic gives 0 when more than half of "
+            "the sleep observations coincide); pass a positive bandwidth to KernelRidge. "
+            f"Received: bandwidth={float(bandwidth)!r}")
 
 
 def _check_features(sleep_x, query_x):
@@ -172,3 +407,14 @@ def _check_features(sleep_x, query_x):
             f"Received: sleep_x.shape={sleep_x.shape}, query_x.shape={query_x.shape}")
     if sleep_x.shape[0] is not None and sleep_x.shape[0] < 2:
         raise ValueError(f"KernelRidge needs at least 2 sleep points. Received: sleep_x.shape={sleep_x.shape}")
+
+
+def _check_solver(solver, num_features, num_inducing, seed):
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {sorted(SOLVERS)}. Received: solver={solver!r}")
+    if not (isinstance(num_features, int) and num_features >= 2 and num_features % 2 == 0):
+        raise ValueError(f"num_features must be an even integer >= 2. Received: num_features={num_features!r}")
+    if not (isinstance(num_inducing, int) and num_inducing >= 1):
+        raise ValueError(f"num_inducing must be a positive integer. Received: num_inducing={num_inducing!r}")
+    if not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer. Received: seed={seed!r}")
