@@ -4,10 +4,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfp_amortised import _joint
-from tfp_amortised.estimator import (_check_form, _check_num_sleep, check_wake_x, flatten_events, sleep,
-                                     weighted_log_joint)
+from tfp_amortised import _joint, distributed
+from tfp_amortised.estimator import _check_form, _check_num_sleep, check_wake_x, sleep, weighted_log_joint
+from tfp_amortised.export import export_learner, features
 from tfp_amortised.ridge import KernelRidge
+
+_SEED_STATE = "seed_generator_state"
 
 
 @keras.saving.register_keras_serializable(package="tfp_amortised")
@@ -27,7 +29,18 @@ class AmortisedLearner(keras.Model):
     Metrics each step: `loss` (`-mean s`), `bandwidth` (the ridge kernel's length scale), `ridge_r2` (the
     fraction of variance of the sleep log-joint that the ridge regression predicts at `num_holdout` held-out
     sleep points: a cheap out-of-sample check of the regression, comparable across steps) and `jitter` (the
-    diagonal shift the Cholesky needed; nonzero flags a near-singular Gram matrix).
+    diagonal shift the Cholesky needed; nonzero flags a near-singular Gram matrix, which was repaired). A step
+    whose gradient is not finite is applied as a zero gradient, so NaN never reaches the weights.
+
+    Under a `tf.distribute` strategy (create the learner inside `strategy.scope()`), each of the `R` replicas
+    draws `num_sleep / R` sleep samples with the seed folded with its replica id, the sleep observations are
+    all-gathered so all replicas use the same global ridge weights, and each replica differentiates only its
+    own sleep samples: the summed gradient is the single-device gradient on the global sleep set
+    (`tfp_amortised.distributed`).
+
+    Saving: `save("m.keras")` / `keras.models.load_model` and the `BackupAndRestore` / `ModelCheckpoint`
+    callbacks keep the weights, the ridge hyperparameters, the optimiser state and the sleep seed state, so a
+    restored learner continues the same run. `export(path)` writes a SavedModel for serving.
 
     Args:
       generative_model: a `GenerativeModel` (a Keras layer that owns the parameters and implements
@@ -103,22 +116,41 @@ class AmortisedLearner(keras.Model):
         seed = self.seed_generator.next()
         with tf.GradientTape() as tape:
             terms = self._surrogate_terms(wake_x, seed)
-            loss = -tf.reduce_mean(terms["surrogate"])
-        gradients = tape.gradient(loss, self.trainable_variables)
+        gradients = _finite_or_zero(tape.gradient(terms["loss"], self.trainable_variables))
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
-        return self._update_metrics(loss, terms)
+        return self._update_metrics(terms)
 
     def test_step(self, data):
-        terms = self._surrogate_terms(_wake_batch(data), self.seed_generator.next())
-        return self._update_metrics(-tf.reduce_mean(terms["surrogate"]), terms)
+        return self._update_metrics(self._surrogate_terms(_wake_batch(data), self.seed_generator.next()))
 
     def fit(self, x=None, *args, **kwargs):
-        """`keras.Model.fit`, after checking array data (finite, shape and dtype of the observed node)."""
+        """`keras.Model.fit`, after checking array data (finite, shape and dtype of the observed node) and that
+        the wake batch is no larger than the sleep set (`num_sleep >= batch_size`)."""
         self._check_data(x, "x")
+        self._check_batch_size(x, args[1] if len(args) > 1 else kwargs.get("batch_size"))
         validation_data = kwargs.get("validation_data")
         self._check_data(validation_data[0] if isinstance(validation_data, tuple) else validation_data,
                          "validation_data")
         return super().fit(x, *args, **kwargs)
+
+    def export(self, filepath, num_sleep=None, seed=(0, 0), verbose=False):
+        """Writes a TensorFlow SavedModel with endpoints `sample`, `log_joint` and `posterior_mean`.
+
+        See `tfp_amortised.export.export_learner`; the SavedModel needs only TensorFlow to load.
+        """
+        export_learner(self, filepath, num_sleep=num_sleep, seed=seed, verbose=verbose)
+
+    def save_own_variables(self, store):
+        """Keras saving hook: also stores the sleep seed state, so a restored learner continues its seed stream."""
+        super().save_own_variables(store)
+        store[_SEED_STATE] = self.seed_generator.state
+
+    def load_own_variables(self, store):
+        """Keras loading hook: restores the sleep seed state (absent from files written before it was saved)."""
+        keys = list(store.keys())
+        if _SEED_STATE in keys:
+            self.seed_generator.state.assign(store[_SEED_STATE])
+        super().load_own_variables({key: store[key] for key in keys if key != _SEED_STATE})
 
     def get_config(self):
         return {
@@ -136,33 +168,50 @@ class AmortisedLearner(keras.Model):
         return cls(**config)
 
     def _surrogate_terms(self, wake_x, seed):
-        """Builds the model in the caller's tape and returns the surrogate `[M]` and regression diagnostics."""
+        """Builds the model in the caller's tape; returns this replica's loss share and the diagnostics.
+
+        Under a `tf.distribute` strategy with `R` replicas this replica draws `num_sleep / R` sleep samples
+        (seed folded with its id), the sleep and wake observations are all-gathered so every replica solves
+        the same global ridge regression, and `loss` is this replica's share of the global loss, differentiated
+        through its own sleep samples only (see `tfp_amortised.distributed`). With one replica, `surrogate` is
+        the `[M]` surrogate of `surrogate_log_marginal` and `loss = -mean(surrogate)`.
+
+        Returns:
+          dict with `surrogate: [M]` (this replica's part, for the `M` wake points of all replicas), `loss`
+          (scalar, to differentiate), `total_loss` (scalar, the global loss, detached) and, when
+          `num_holdout > 0`, `ridge_r2`.
+        """
         joint = self.joint_distribution()
+        num_local = distributed.local_num_sleep(self.num_sleep)
         with tf.name_scope("sleep"):
-            sample = sleep(joint, self.num_sleep + self.num_holdout, seed)
-        fit = {name: value[:self.num_sleep] for name, value in sample.items()}
-        holdout = {name: value[self.num_sleep:] for name, value in sample.items()}
-        wake_x = check_wake_x(wake_x, sample[self.observed], self.observed)
-        queries = tf.concat([tf.cast(wake_x, sample[self.observed].dtype), holdout[self.observed]], axis=0)
-        weights = self._ridge_weights(fit[self.observed], queries)
+            sample = sleep(joint, num_local + self.num_holdout, distributed.replica_seed(seed))
+        fit = {name: value[:num_local] for name, value in sample.items()}
+        holdout = {name: value[num_local:] for name, value in sample.items()}
+        wake_x = tf.cast(check_wake_x(wake_x, sample[self.observed], self.observed), sample[self.observed].dtype)
+        wake_x = tf.ensure_shape(wake_x, [None, *sample[self.observed].shape[1:]])  # distributed batches lose it
+        queries = tf.concat([wake_x, holdout[self.observed]], axis=0)
+        weights = self._ridge_weights(distributed.gather(fit[self.observed]), queries)  # [M_r + H, N]
         num_wake = tf.shape(wake_x)[0]
-        terms = {"surrogate": weighted_log_joint(joint, fit, weights[:num_wake], wake_x, observed=self.observed,
-                                                 form=self.form)}
+        all_weights = distributed.gather(weights[:num_wake])  # [M, N]: every replica's wake rows
+        surrogate = weighted_log_joint(joint, fit, distributed.own_columns(all_weights, num_local),
+                                       distributed.gather(wake_x), observed=self.observed, form=self.form)
+        loss = -tf.reduce_sum(surrogate) / tf.cast(tf.shape(surrogate)[0], surrogate.dtype)
+        terms = {"surrogate": surrogate, "loss": loss, "total_loss": distributed.total(tf.stop_gradient(loss))}
         if self.num_holdout:
-            terms["ridge_r2"] = _holdout_r2(joint, fit, holdout, weights[num_wake:])
+            fitted = distributed.gather(_joint.log_prob(joint, fit))  # [N] sleep log-joint of every replica
+            terms["ridge_r2"] = _holdout_r2(joint, fitted, holdout, weights[num_wake:])
         return terms
 
     def _ridge_weights(self, sleep_x, query_x):
-        event_ndims = sleep_x.shape.rank - 1
-        return self.ridge(flatten_events(sleep_x, event_ndims), flatten_events(query_x, event_ndims))
+        return self.ridge(features(sleep_x), features(query_x))
 
-    def _update_metrics(self, loss, terms):
-        self.trackers["loss"].update_state(loss)
+    def _update_metrics(self, terms):
+        self.trackers["loss"].update_state(terms["total_loss"])
         self.trackers["bandwidth"].update_state(self.ridge.bandwidth)
         self.trackers["jitter"].update_state(self.ridge.jitter)
         if "ridge_r2" in terms:
             self.trackers["ridge_r2"].update_state(terms["ridge_r2"])
-        return {name: tracker.result() for name, tracker in self.trackers.items()}
+        return distributed.as_logs({name: tracker.result() for name, tracker in self.trackers.items()})
 
     def _next_seed(self, seed):
         return self.seed_generator.next() if seed is None else seed
@@ -176,16 +225,35 @@ class AmortisedLearner(keras.Model):
         except (ValueError, TypeError) as error:
             raise type(error)(f"{argument}: {error}") from None
 
+    def _check_batch_size(self, data, batch_size):
+        if not isinstance(data, (np.ndarray, tf.Tensor)):
+            return
+        batch = min(32 if batch_size is None else batch_size, data.shape[0])  # Keras' default batch_size is 32
+        if batch > self.num_sleep:
+            raise ValueError(
+                f"num_sleep={self.num_sleep} is smaller than the wake batch of {batch} observations: the ridge "
+                f"regression from N sleep points to M wake points needs N >= M. Raise num_sleep or lower "
+                f"batch_size. Received: batch_size={batch_size}")
+
 
 def _wake_batch(data):
     """The observations of a `fit` batch: `x`, or the first element of `(x,)`, `(x, y)` or `(x, y, w)`."""
     return data[0] if isinstance(data, (tuple, list)) else data
 
 
-def _holdout_r2(joint, fit, holdout, holdout_weights):
-    """Out-of-sample R^2 of the ridge prediction of the sleep log-joint at held-out sleep points."""
+def _holdout_r2(joint, fitted, holdout, holdout_weights):
+    """Out-of-sample R^2 of the ridge prediction of the sleep log-joint (`fitted: [N]`) at held-out sleep points."""
     target = tf.stop_gradient(tf.cast(_joint.log_prob(joint, holdout), holdout_weights.dtype))
-    fitted = tf.stop_gradient(tf.cast(_joint.log_prob(joint, fit), holdout_weights.dtype))
+    fitted = tf.stop_gradient(tf.cast(fitted, holdout_weights.dtype))
     prediction = tf.linalg.matvec(holdout_weights, fitted)
     residual = tf.reduce_mean(tf.square(target - prediction))
     return 1. - residual / (tf.math.reduce_variance(target) + np.finfo(np.float32).tiny)
+
+
+def _finite_or_zero(gradients):
+    """The gradients, or zeros for all of them when any is NaN or infinite: a failed step never writes NaN."""
+    checks = [tf.reduce_all(tf.math.is_finite(g)) for g in gradients if g is not None]
+    if not checks:
+        return gradients
+    finite = tf.reduce_all(checks)
+    return [g if g is None else tf.where(finite, g, tf.zeros_like(g)) for g in gradients]

@@ -1,0 +1,90 @@
+"""`tf.distribute` training: MirroredStrategy on 2 logical CPUs, MultiWorkerMirroredStrategy on 2 local workers.
+
+TensorFlow fixes its devices when it starts, so each run is a fresh interpreter (tests/distributed_worker.py);
+the pytest process is unaffected. Every subprocess has a timeout and is killed when the test ends.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+WORKER = os.path.join(os.path.dirname(__file__), "distributed_worker.py")
+TIMEOUT = 600  # seconds of wall time; the machine is shared, a run takes 1-3 minutes
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _start(kind, out_path, tf_config=None):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    if tf_config is not None:
+        env["TF_CONFIG"] = json.dumps(tf_config)
+    return subprocess.Popen([sys.executable, WORKER, kind, str(out_path)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _finish(processes):
+    """Waits for every process (bounded), kills any still running, fails with the stderr of one that failed."""
+    try:
+        for process in processes:
+            _, stderr = process.communicate(timeout=TIMEOUT)
+            assert process.returncode == 0, stderr[-3000:]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture(scope="module", name="runs")
+def _runs(tmp_path_factory):
+    """Starts the MirroredStrategy run and the two MultiWorkerMirroredStrategy workers together."""
+    out = tmp_path_factory.mktemp("distributed")
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    processes = [_start("mirrored", out / "mirrored.json")] + [
+        _start("multi_worker", out / f"worker{index}.json",
+               {"cluster": cluster, "task": {"type": "worker", "index": index}}) for index in range(2)]
+    _finish(processes)
+    return {name: json.loads((out / f"{name}.json").read_text()) for name in ("mirrored", "worker0", "worker1")}
+
+
+@pytest.mark.parametrize("form", ["joint", "conditional"])
+def test_summed_replica_gradients_equal_the_single_device_gradient(runs, form):
+    """Two replicas, each differentiating its own half of the sleep set against the all-gathered global ridge
+    weights: their summed gradient is the one-device gradient on the same global sleep set. Only the order of
+    float32 sums differs (relative error ~1e-7 measured); tolerance rtol 1e-5, atol 1e-6."""
+    report = runs["mirrored"]
+    assert report["num_replicas"] == 2
+    for distributed, single in zip(report[form]["distributed"], report[form]["single_device"]):
+        np.testing.assert_allclose(distributed, single, rtol=1e-5, atol=1e-6)
+
+
+def test_mirrored_fit_is_finite_and_never_terminated(runs):
+    """`fit` under MirroredStrategy runs its 2 epochs (TerminateOnNaN never fires) with finite metrics."""
+    history = runs["mirrored"]["fit"]["history"]
+    assert len(history["loss"]) == 2
+    assert all(np.isfinite(history[name]).all() for name in ("loss", "bandwidth", "ridge_r2", "jitter"))
+    assert min(history["bandwidth"]) > 0
+
+
+def test_multi_worker_fit_matches_the_mirrored_fit(runs):
+    """Two worker processes on 127.0.0.1 (one replica each) train the same weights as 2 replicas in one process:
+    the same sleep shares (replica id folded into the seed), the same data shards, the same all-reduce. Only
+    the order of float32 sums may differ: atol 1e-6."""
+    assert runs["worker0"]["num_replicas"] == runs["worker1"]["num_replicas"] == 2
+    for ours, theirs, mirrored in zip(runs["worker0"]["fit"]["weights"], runs["worker1"]["fit"]["weights"],
+                                      runs["mirrored"]["fit"]["weights"]):
+        np.testing.assert_array_equal(ours, theirs)
+        np.testing.assert_allclose(ours, mirrored, atol=1e-6)

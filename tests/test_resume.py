@@ -1,0 +1,81 @@
+"""Checkpoints and resume: `BackupAndRestore` and `ModelCheckpoint` with `AmortisedLearner`."""
+
+import keras
+import numpy as np
+import pytest
+
+from tfp_amortised.learner import AmortisedLearner
+from tfp_amortised.models import FactorAnalysisModel
+
+EPOCHS = 4
+
+
+class _Interrupt(keras.callbacks.Callback):
+    """Raises at the start of epoch `epoch`, like a pre-empted job."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise RuntimeError("interrupted")
+
+
+class _RecordWeights(keras.callbacks.Callback):
+    """Keeps a copy of the trainable weights at the end of every epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.weights = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.weights.append([v.numpy().copy() for v in self.model.trainable_variables])
+
+
+def _learner():
+    learner = AmortisedLearner(FactorAnalysisModel(1, 2, seed=1), num_sleep=96, num_holdout=16, seed=3)
+    learner.compile(optimizer=keras.optimizers.Adam(0.05))
+    return learner
+
+
+@pytest.fixture(name="data")
+def _data():
+    return FactorAnalysisModel(1, 2, seed=5).joint_distribution().sample(128, seed=[1, 2])[1].numpy()
+
+
+def test_interrupted_fit_resumes_from_backup_to_the_same_weights(data, tmp_path):
+    """Interrupted at epoch 2 and resumed by `BackupAndRestore` in a new learner: the uninterrupted weights.
+
+    The backup holds the weights, Adam's state and the sleep seed state; unshuffled data make the epochs
+    identical, so the runs agree to float32 round-off (atol 1e-6).
+    """
+    uninterrupted = _learner()
+    uninterrupted.fit(data, batch_size=64, epochs=EPOCHS, shuffle=False, verbose=0)
+
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    with pytest.raises(RuntimeError, match="interrupted"):
+        _learner().fit(data, batch_size=64, epochs=EPOCHS, shuffle=False, verbose=0, callbacks=[backup, _Interrupt(2)])
+    resumed = _learner()
+    history = resumed.fit(data, batch_size=64, epochs=EPOCHS, shuffle=False, verbose=0, callbacks=[backup])
+
+    assert history.epoch == [2, 3]  # only the epochs the interrupted run had not finished
+    for expected, actual in zip(uninterrupted.trainable_variables, resumed.trainable_variables):
+        np.testing.assert_allclose(actual.numpy(), expected.numpy(), atol=1e-6)
+
+
+def test_model_checkpoint_saves_the_weights_of_each_epoch(data, tmp_path):
+    """`ModelCheckpoint` files (whole `.keras` models and `.weights.h5`) restore exactly the weights the learner
+    had at the end of their epoch."""
+    checkpoints = [keras.callbacks.ModelCheckpoint(str(tmp_path / "epoch{epoch}.keras")),
+                   keras.callbacks.ModelCheckpoint(str(tmp_path / "epoch{epoch}.weights.h5"), save_weights_only=True)]
+    record = _RecordWeights()
+    _learner().fit(data, batch_size=64, epochs=2, shuffle=False, verbose=0, callbacks=[*checkpoints, record])
+
+    for epoch in (1, 2):
+        from_weights = _learner()
+        from_weights.optimizer.build(from_weights.trainable_variables)
+        from_weights.load_weights(tmp_path / f"epoch{epoch}.weights.h5")
+        for restored in (keras.models.load_model(tmp_path / f"epoch{epoch}.keras"), from_weights):
+            for expected, actual in zip(record.weights[epoch - 1], restored.trainable_variables):
+                np.testing.assert_array_equal(actual.numpy(), expected)

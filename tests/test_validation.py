@@ -1,0 +1,168 @@
+"""Bad input and numerical faults: every public entry point fails with one message naming the argument, and a
+singular Gram matrix or a degenerate step never writes NaN into the weights."""
+
+import hypothesis
+import hypothesis.extra.numpy as hnp
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import strategies as st
+
+from tfp_amortised import KernelRidge, surrogate_log_marginal
+from tfp_amortised.generative import GenerativeModel
+from tfp_amortised.learner import AmortisedLearner
+from tfp_amortised.models import FactorAnalysisModel, GaussianMixtureModel
+
+ARGUMENTS = ("sleep_x", "query_x", "wake_x", "num_sleep", "observed", "form", "bandwidth")
+# Finite values stay below 1e4 in magnitude: squared distances and Gaussian log-densities then fit float32
+# with room to spare; beyond ~1e18 the squares overflow, which is outside the documented input range.
+VALUES = st.one_of(st.floats(-1e4, 1e4, width=32),
+                   st.sampled_from([np.float32(v) for v in (np.nan, np.inf, -np.inf, 0., 1e-40)]))
+DTYPES = st.sampled_from([np.float16, np.float32, np.float64, np.int32, np.int64, np.bool_, np.complex64])
+PROPERTY = hypothesis.settings(max_examples=60, deadline=None, derandomize=True,
+                               suppress_health_check=[hypothesis.HealthCheck.too_slow])
+
+
+def _arrays(shapes):
+    """Arrays of any of DTYPES, with float values from VALUES (NaN and infinities made 0 for integer dtypes)."""
+    return st.tuples(hnp.arrays(np.float32, shapes, elements=VALUES), DTYPES).map(lambda pair: _cast(*pair))
+
+
+def _cast(values, dtype):
+    with np.errstate(all="ignore"):
+        if np.issubdtype(dtype, np.inexact):
+            return values.astype(dtype)  # float16 turns values beyond 65504 into infinities
+        return np.nan_to_num(values, posinf=0., neginf=0.).astype(dtype)
+
+
+def _answers_finitely_or_names_the_argument(call, expected_shape):
+    try:
+        result = call()
+    except (ValueError, TypeError) as error:
+        assert any(argument in str(error) for argument in ARGUMENTS), str(error)
+        return
+    assert tuple(result.shape) == expected_shape
+    assert np.all(np.isfinite(result.numpy()))
+
+
+@PROPERTY
+@hypothesis.given(sleep_x=_arrays(hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=6)),
+                  query_x=_arrays(hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=4)),
+                  bandwidth=st.one_of(st.just("median"), st.floats(1e-3, 1e3)))
+def test_kernel_ridge_answers_finitely_or_raises_a_named_error(sleep_x, query_x, bandwidth):
+    """`KernelRidge()(sleep_x, query_x)` is finite `[M, N]`, or a ValueError/TypeError naming the argument."""
+    _answers_finitely_or_names_the_argument(lambda: KernelRidge(bandwidth=bandwidth)(sleep_x, query_x),
+                                            (query_x.shape[0], sleep_x.shape[0]))
+
+
+@PROPERTY
+@hypothesis.given(wake_x=_arrays(hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=4)),
+                  num_sleep=st.sampled_from([0, 1, 2, 16, 2.5]), observed=st.sampled_from(["x", "z", "y"]),
+                  form=st.sampled_from(["joint", "conditional", "natural"]))
+def test_surrogate_answers_finitely_or_raises_a_named_error(wake_x, num_sleep, observed, form):
+    """`surrogate_log_marginal` is finite `[M]`, or a ValueError/TypeError naming the argument."""
+    model = FactorAnalysisModel(1, 2, seed=1)
+    _answers_finitely_or_names_the_argument(
+        lambda: surrogate_log_marginal(model.joint_distribution, wake_x, num_sleep=num_sleep, seed=[1, 2],
+                                       observed=observed, form=form),
+        wake_x.shape[:1])
+
+
+@pytest.mark.parametrize("argument, value", [("bandwidth", 0.), ("bandwidth", -1.), ("bandwidth", float("nan")),
+                                             ("ridge", 0.), ("ridge", -1e-3), ("ridge", float("inf"))])
+def test_kernel_ridge_rejects_non_positive_hyperparameters(argument, value):
+    with pytest.raises(ValueError, match=f"{argument} must be .*Received: {argument}="):
+        KernelRidge(**{argument: value})
+
+
+@pytest.fixture(name="learner")
+def _learner():
+    learner = AmortisedLearner(FactorAnalysisModel(1, 2, seed=1), num_sleep=32, num_holdout=0, seed=3)
+    learner.compile(optimizer=keras.optimizers.Adam(0.05))
+    return learner
+
+
+@pytest.mark.parametrize("data, error, message", [
+    (np.array([[0., np.nan]] * 8, np.float32), ValueError, "x: .*NaN or infinite"),
+    (np.array([[0., np.inf]] * 8, np.float32), ValueError, "x: .*NaN or infinite"),
+    (np.zeros([8, 3], np.float32), ValueError, r"x: wake_x must have shape \[M, 2\].*Received: wake_x.shape"),
+    (np.zeros([8], np.float32), ValueError, r"x: wake_x must have shape \[M, 2\]"),
+    (np.full([8, 2], "a"), TypeError, "x: wake_x must hold numbers.*Received: wake_x.dtype=string"),
+])
+def test_fit_rejects_bad_data_before_training(learner, data, error, message):
+    with pytest.raises(error, match=message):
+        learner.fit(data, epochs=1, verbose=0)
+
+
+def test_fit_rejects_a_wake_batch_larger_than_the_sleep_set(learner):
+    with pytest.raises(ValueError, match="num_sleep=32 is smaller than the wake batch of 64.*batch_size=64"):
+        learner.fit(np.zeros([100, 2], np.float32), batch_size=64, epochs=1, verbose=0)
+
+
+def test_posterior_expectation_rejects_nan_observations(learner):
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        learner.posterior_expectation(np.array([[np.nan, 0.]], np.float32), lambda sample: sample["z"])
+
+
+class _MisnamedModel(FactorAnalysisModel):
+    observed = "y"
+
+
+def test_unknown_observed_node_is_named():
+    with pytest.raises(ValueError, match=r"observed='y' is not a node .*\['z', 'x'\]"):
+        AmortisedLearner(_MisnamedModel(1, 2), num_sleep=8)
+    with pytest.raises(ValueError, match="observed='y' is not a node"):
+        surrogate_log_marginal(FactorAnalysisModel(1, 2).joint_distribution, np.zeros([3, 2], np.float32),
+                               num_sleep=8, seed=[1, 2], observed="y")
+
+
+def test_singular_gram_matrix_is_repaired_with_reported_jitter():
+    """Sleep points repeated 8 times with a ridge far below float32 resolution: the Cholesky of K + N lam I fails,
+    is retried with diagonal jitter (reported), and the weights still interpolate a smooth target at the
+    repeated points (the regression error is of the order of the jitter relative to the kernel, < 1e-3)."""
+    distinct = np.array([[0.], [1.], [2.5], [4.]], np.float32)
+    sleep_x = np.repeat(distinct, 8, axis=0)
+    ridge = KernelRidge(bandwidth=1., ridge=1e-12)
+    weights = ridge(sleep_x, distinct)
+    assert float(ridge.jitter) > 0
+    target = np.sin(sleep_x[:, 0])
+    np.testing.assert_allclose(weights.numpy() @ target, np.sin(distinct[:, 0]), atol=1e-2)
+
+
+@pytest.mark.parametrize("model", [FactorAnalysisModel(1, 2, seed=1), GaussianMixtureModel(2, 2, seed=1)],
+                         ids=["factor_analysis", "gaussian_mixture"])
+def test_terminate_on_nan_never_fires_on_the_example_models(model):
+    data = model.joint_distribution().sample(96, seed=[3, 4])[1]
+    learner = AmortisedLearner(model, num_sleep=64, num_holdout=16, seed=3)
+    learner.compile(optimizer=keras.optimizers.Adam(0.05))
+    history = learner.fit(data.numpy(), batch_size=32, epochs=2, verbose=0,
+                          callbacks=[keras.callbacks.TerminateOnNaN()])
+    assert len(history.history["loss"]) == 2 and np.isfinite(history.history["loss"]).all()
+
+
+class _PointMassModel(GenerativeModel):
+    """z ~ N(0, 1);  x = m exactly (a zero-width Gaussian): every sleep x coincides, the median bandwidth is 0."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.m = self.add_weight(shape=(2,), initializer="ones", name="m")
+
+    def joint_distribution(self):
+        import tensorflow_probability as tfp  # pylint: disable=import-outside-toplevel
+        tfd = tfp.distributions
+        m = self.m.value
+
+        def model():
+            z = yield tfd.JointDistributionCoroutine.Root(tfd.Normal(0., 1., name="z"))
+            yield tfd.Independent(tfd.Normal(m + 0. * z[..., None], 0.), 1, name="x")
+
+        return tfd.JointDistributionCoroutine(model)
+
+
+def test_degenerate_step_never_writes_nan_into_the_weights():
+    """When the ridge weights are NaN (all sleep points coincide), the step's gradient is zeroed: weights stay."""
+    learner = AmortisedLearner(_PointMassModel(name="point_mass"), num_sleep=16, num_holdout=0, seed=3)
+    learner.compile(optimizer=keras.optimizers.SGD(0.1))
+    learner.fit(tf.ones([8, 2]), batch_size=8, epochs=1, verbose=0)
+    np.testing.assert_array_equal(learner.generative_model.m.numpy(), [1., 1.])

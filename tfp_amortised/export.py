@@ -1,0 +1,101 @@
+"""Export of a trained `AmortisedLearner` as a TensorFlow SavedModel that needs only TensorFlow to serve.
+
+Endpoints (all `tf.function`s with input signatures):
+
+    sample(num_samples: int32[], seed: int32[2]) -> {node: [num_samples, *event_shape]}    (stateless seed)
+    log_joint(*nodes) -> [B]        one input per node, in the model's order, each [B, *event_shape], named
+                                    after the node in the serving signature
+    posterior_mean(x: [M, *event_shape]) -> {latent: float [M, *event_shape]}
+
+`posterior_mean` is the encoder-free posterior expectation of amortised learning (Wenliang et al., 2020):
+
+    E[z | x] ~= sum_n alpha_n(x) z_n,      alpha(x) = (K + N lam I)^{-1} k(X, x),
+
+on a sleep set `(z_n, x_n)` drawn at export time and stored in the SavedModel (variable collection
+`sleep_set`), by a copy of the learner's `KernelRidge` (same kernel, solver and `lam`) whose bandwidth is frozen
+at its export-time value: the median heuristic on the stored set, or the fixed bandwidth. With the default
+Cholesky solver each call factorises the `N x N` Gram matrix, O(N^3 / 3).
+"""
+
+import keras
+import tensorflow as tf
+
+from tfp_amortised import _joint
+from tfp_amortised.estimator import sleep
+from tfp_amortised.ridge import KernelRidge, median_bandwidth
+
+
+def export_learner(learner, filepath, num_sleep=None, seed=(0, 0), verbose=False):
+    """Writes `learner`'s generative model as a SavedModel with `sample`, `log_joint` and `posterior_mean`.
+
+    Load it with `tf.saved_model.load(filepath)` (no `tfp_amortised` or TFP import needed) or in Keras 3 with
+    `keras.layers.TFSMLayer(filepath, call_endpoint="posterior_mean")`.
+
+    Args:
+      learner: an `AmortisedLearner`.
+      filepath: directory to write.
+      num_sleep: size `N` of the stored sleep set of `posterior_mean`; default `learner.num_sleep`.
+      seed: stateless seed `int32[2]` of the stored sleep set.
+      verbose: print the archive's endpoints.
+
+    #### Examples
+
+    ```python
+    learner.export("/tmp/fa")
+    served = tf.saved_model.load("/tmp/fa")
+    served.posterior_mean(x)["z"]                       # [M, latent_dim]
+    served.sample(tf.constant(5), tf.constant([1, 2]))  # {"z": [5, ...], "x": [5, ...]}
+    ```
+    """
+    num_sleep = learner.num_sleep if num_sleep is None else num_sleep
+    joint = learner.joint_distribution()
+    names = _joint.node_names(joint)
+    sleep_set = sleep(joint, num_sleep, seed)
+    stored = {name: keras.Variable(value, trainable=False, name=f"sleep_{name}") for name, value in sleep_set.items()}
+    frozen_ridge = KernelRidge.from_config({
+        **learner.ridge.get_config(), "name": "frozen_ridge", "ridge": float(learner.ridge.ridge),
+        "bandwidth": float(_frozen_bandwidth(learner.ridge, sleep_set[learner.observed]))})
+
+    def sample(num_samples, seed):
+        joint = learner.joint_distribution()
+        return _joint.as_named(joint, joint.sample(num_samples, seed=seed))
+
+    def log_joint(*values):
+        return _joint.log_prob(learner.joint_distribution(), dict(zip(names, values)))
+
+    def posterior_mean(x):
+        return _posterior_mean(frozen_ridge, {name: v.value for name, v in stored.items()}, learner.observed, x)
+
+    archive = keras.export.ExportArchive()
+    archive.track(learner)
+    archive.track(frozen_ridge)
+    archive.add_variable_collection("sleep_set", list(stored.values()))
+    archive.add_endpoint("sample", sample, input_signature=[
+        tf.TensorSpec([], tf.int32, name="num_samples"), tf.TensorSpec([2], tf.int32, name="seed")])
+    archive.add_endpoint("log_joint", log_joint, input_signature=[
+        tf.TensorSpec([None, *value.shape[1:]], value.dtype, name=name) for name, value in sleep_set.items()])
+    x = sleep_set[learner.observed]
+    archive.add_endpoint("posterior_mean", posterior_mean, input_signature=[
+        tf.TensorSpec([None, *x.shape[1:]], x.dtype, name=learner.observed)])
+    archive.write_out(filepath, verbose=verbose)
+
+
+def _frozen_bandwidth(ridge, sleep_x):
+    """The bandwidth `posterior_mean` uses: the median heuristic on the stored sleep set, or the fixed one."""
+    if ridge.bandwidth_rule != "median":
+        return ridge.bandwidth
+    return median_bandwidth(features(sleep_x), ridge.bandwidth_subsample)
+
+
+def _posterior_mean(ridge, sleep_set, observed, x):
+    """`{latent: [M, *event_shape]}`: ridge regression of each latent of `sleep_set` on its `x`, evaluated at `x`."""
+    weights = ridge(features(sleep_set[observed]), features(x))  # [M, N]
+    return {name: tf.reshape(tf.matmul(weights, tf.cast(features(value), weights.dtype)),
+                             tf.concat([tf.shape(x)[:1], tf.shape(value)[1:]], 0))
+            for name, value in sleep_set.items() if name != observed}
+
+
+def features(value):
+    """`value: [B, *event_shape]` (static event shape) as `[B, prod(event_shape)]`, keeping the static feature size
+    when `B` is unknown (a `tf.function` input or a distributed batch), as `KernelRidge` needs."""
+    return tf.reshape(value, [-1, value.shape[1:].num_elements()])
