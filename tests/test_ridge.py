@@ -126,3 +126,15 @@ def test_ridge_weights_is_a_pure_function():
     weights, jitter = ridge_weights(kernel, sleep_x, query_x, np.float64(1e-3))
     np.testing.assert_allclose(weights, _numpy_weights("gaussian", sleep_x, query_x, 0.8, 1e-3), rtol=1e-7)
     assert float(jitter) == 0.
+
+
+def test_median_bandwidth_of_discrete_data_stays_positive():
+    # 80% of the rows are the same point: most pairwise distances are 0, so the median is 0. The fallback is
+    # the root-mean-square distance, sqrt(2 p (1 - p)) for two points at unit distance, p = 0.2: sqrt(0.32).
+    x = tf.concat([tf.zeros([400, 2]), tf.ones([100, 2]) * [1., 0.]], axis=0)
+    x = tf.gather(x, np.random.default_rng(0).permutation(500))
+    bandwidth = float(median_bandwidth(x))
+    np.testing.assert_allclose(bandwidth, np.sqrt(0.32), rtol=0.1)  # 256^2 pairs from a random subsample
+    assert float(median_bandwidth(tf.ones([50, 3]))) == 1.
+    weights = KernelRidge()(x, x[:4])
+    assert np.all(np.isfinite(weights))

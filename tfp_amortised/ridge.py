@@ -19,6 +19,7 @@ The two approximations are linear in N (time and memory) for a fixed wake batch 
 import math
 
 import keras
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
@@ -53,15 +54,22 @@ def median_bandwidth(x, max_points=512):
       x: `Tensor[N, D]` of i.i.d. rows, `N >= 2`.
       max_points: size of the subsample.
 
+    When more than half of the pairs coincide (discrete observations), the median is 0 and would give a
+    degenerate kernel: the root-mean-square distance is used instead, and 1 when every row is the same.
+
     Returns:
-      Scalar `Tensor`: the median Euclidean distance.
+      Scalar `Tensor`: the median Euclidean distance (or its fallback), always positive.
     """
     half = min(max_points, x.shape[0]) // 2 if x.shape[0] is not None else max_points // 2
     first, second = x[:half], x[half:2 * half]
-    square_distance = (tf.reduce_sum(first**2, -1)[:, None] + tf.reduce_sum(second**2, -1)[None, :]
-                       - 2. * tf.matmul(first, second, transpose_b=True))
-    median = tfp.stats.percentile(tf.maximum(square_distance, 0.), 50., interpolation="midpoint")
-    return tf.sqrt(median)
+    square_distance = tf.maximum(tf.reduce_sum(first**2, -1)[:, None] + tf.reduce_sum(second**2, -1)[None, :]
+                                 - 2. * tf.matmul(first, second, transpose_b=True), 0.)
+    median = tfp.stats.percentile(square_distance, 50., interpolation="midpoint")
+    mean = tf.reduce_mean(square_distance)
+    # Below float resolution of the squared norms, "zero" is rounding noise of the expansion above.
+    resolution = 1e-6 * tf.reduce_mean(tf.reduce_sum(x**2, -1)) + np.finfo(np.float32).tiny
+    fallback = tf.where(mean > resolution, mean, tf.ones_like(mean))
+    return tf.sqrt(tf.where(median > resolution, median, fallback))
 
 
 def ridge_weights(kernel, sleep_x, query_x, ridge):
