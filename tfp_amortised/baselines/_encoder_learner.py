@@ -1,0 +1,194 @@
+"""Machinery shared by the encoder-based baselines: encoder samples, the log-joint at them, score functions.
+
+Every baseline evaluates the generative model's JointDistribution at `K` samples of the encoder per data
+point: `z_k ~ q_phi(z | x_m)`, `log w_km = log p_theta(z_k, x_m) - log q_phi(z_k | x_m)`, shape `[K, M]`.
+Reparameterisable encoder nodes carry path-wise gradients; the others get a score-function term
+`stop_gradient(signal - baseline) * log q_phi(z_k | x_m)` with a moving-average baseline (Williams, 1992;
+Mnih and Gregor, "Neural Variational Inference and Learning in Belief Networks", ICML 2014).
+"""
+
+import keras
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from tfp_amortised import _joint
+from tfp_amortised.estimator import check_wake_x, sleep
+from tfp_amortised.learner import _wake_batch
+
+tfd = tfp.distributions
+
+
+def sample_encoder(posterior, num_samples, seed, detach=False):
+    """Draws `K` samples per data point from the encoder and splits `log q` by reparameterisation.
+
+    Args:
+      posterior: the encoder's `tfd.JointDistribution` with batch shape `[M]`.
+      num_samples: Python int `K`.
+      seed: a stateless seed.
+      detach: stop gradients through the samples (then `log q` is differentiable in `phi` only through the
+        density, as the wake-phase updates of reweighted wake-sleep need).
+
+    Returns:
+      `(z, log_q, log_q_score)`: dict `{latent name: Tensor[K, M, *event_shape]}`, `Tensor[K, M]` the whole
+      `log q(z | x)`, and `Tensor[K, M]` the part from nodes that are not reparameterised (zero if none), whose
+      gradient the score-function estimator needs.
+    """
+    z = _joint.as_named(posterior, posterior.sample(num_samples, seed=_stateless(seed)))
+    z = _joint.stop_gradient(z) if detach else z
+    parts = _joint.as_named(posterior, posterior.log_prob_parts(z))
+    kinds = _joint.as_named(posterior, posterior.reparameterization_type)
+    log_q = tf.add_n(list(parts.values()))
+    score_parts = [part for name, part in parts.items() if kinds[name] != tfd.FULLY_REPARAMETERIZED]
+    return z, log_q, (tf.add_n(score_parts) if score_parts else tf.zeros_like(log_q))
+
+
+def log_joint(joint, z, x, observed):
+    """`log p_theta(z_k, x_m)` for latents `z: {name: Tensor[K, M, ...]}` and `x: Tensor[M, ...]` -> `[K, M]`."""
+    return _joint.log_prob(joint, {**z, observed: x[tf.newaxis]})
+
+
+def score_function_term(signal, baseline, log_q_score):
+    """Surrogate whose gradient is `(signal - baseline) * grad log q` and whose value is zero.
+
+    Args:
+      signal: `Tensor[...]` learning signal, detached here.
+      baseline: scalar control variate, detached here.
+      log_q_score: `Tensor[...]` (broadcasting with `signal`), the non-reparameterised part of `log q`.
+    """
+    centred = tf.stop_gradient(signal - baseline)
+    return centred * (log_q_score - tf.stop_gradient(log_q_score))
+
+
+def _stateless(seed):
+    return tfp.random.sanitize_seed(tf.cast(seed, tf.int32) if tf.is_tensor(seed) else seed)
+
+
+class EncoderLearner(keras.Model):
+    """Base of the baselines: a generative model and an encoder trained together with `model.fit`.
+
+    A subclass implements `objective(x, seed) -> (loss, bound, signal)`: the scalar loss whose gradient with
+    respect to all trainable variables is the method's update, the per-point bound `[M]` it reports, and the
+    per-point learning signal `[M]` that updates the moving-average baseline of the score-function terms.
+    Metrics: `loss` and `bound` (mean over the minibatch).
+
+    Args:
+      generative_model: a `GenerativeModel` (the same object `AmortisedLearner` takes).
+      encoder: an `Encoder`: `call(x)` returns a JointDistribution over the model's latent nodes.
+      num_samples: number `K >= 1` of encoder samples per data point.
+      baseline_decay: decay of the moving average of the learning signal (score-function baseline).
+      seed: integer seed of all sampling.
+    """
+
+    def __init__(self, generative_model, encoder, num_samples=1, baseline_decay=0.9, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if not callable(getattr(generative_model, "joint_distribution", None)):
+            raise TypeError(
+                "generative_model must be a Keras layer with a joint_distribution() method (see GenerativeModel). "
+                f"Received: generative_model of type {type(generative_model).__name__}")
+        if not (isinstance(num_samples, int) and num_samples >= 1):
+            raise ValueError(f"num_samples must be an integer >= 1. Received: num_samples={num_samples!r}")
+        if not 0. <= baseline_decay < 1.:
+            raise ValueError(f"baseline_decay must be in [0, 1). Received: baseline_decay={baseline_decay!r}")
+        self.generative_model, self.encoder = generative_model, encoder
+        self.observed = getattr(generative_model, "observed", "x")
+        self.num_samples, self.baseline_decay, self.seed = num_samples, baseline_decay, seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self._check_encoder()
+        # Bias-corrected moving average: baseline = total / weight (zero before the first step).
+        self.baseline_total = self.add_weight(shape=(), initializer="zeros", trainable=False, name="baseline_total")
+        self.baseline_weight = self.add_weight(shape=(), initializer="zeros", trainable=False, name="baseline_weight")
+        self.trackers = {name: keras.metrics.Mean(name) for name in ("loss", "bound")}
+        self.built = True
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    @property
+    def baseline(self):
+        """Scalar: the moving average of past learning signals (0 before the first step)."""
+        return tf.math.divide_no_nan(self.baseline_total, self.baseline_weight)
+
+    def joint_distribution(self):
+        """The generative model's current `tfd.JointDistribution`."""
+        return self.generative_model.joint_distribution()
+
+    def objective(self, x, seed):
+        """Returns `(loss, bound, signal)`: scalar, `Tensor[M]`, `Tensor[M]` (see the class docstring)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement objective(x, seed).")
+
+    def bound(self, x, seed=None):
+        """The method's per-point bound on `log p_theta(x_m)`: `Tensor[M, *event_shape] -> Tensor[M]`."""
+        return self.objective(self._check_x(x), self._next_seed(seed))[1]
+
+    def encoder_samples(self, x, num_samples, seed, detach=False):
+        """Samples the encoder and evaluates both densities there (see `sample_encoder`).
+
+        Args:
+          x: `Tensor[M, *event_shape]` observations.
+          num_samples: `K`.
+          seed: stateless seed.
+          detach: stop gradients through the samples `z`.
+
+        Returns:
+          `z: {latent: Tensor[K, M, ...]}`, `log_p = log p(z, x)`, `log_q = log q(z | x)` and `log_q_score`
+          (non-reparameterised part of `log_q`), each `Tensor[K, M]`.
+        """
+        z, log_q, log_q_score = sample_encoder(self.encoder(x), num_samples, seed, detach)
+        return z, log_joint(self.joint_distribution(), z, x, self.observed), log_q, log_q_score
+
+    def sleep_sample(self, num_sleep, seed):
+        """`num_sleep` detached samples `{node: Tensor[N, ...]}` of the generative model."""
+        return sleep(self.joint_distribution(), num_sleep, seed)
+
+    def train_step(self, data):
+        x = self._check_x(_wake_batch(data))
+        with tf.GradientTape() as tape:
+            loss, bound, signal = self.objective(x, self.seed_generator.next())
+        gradients = tape.gradient(loss, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+        self.baseline_total.assign(self.baseline_decay * self.baseline_total
+                                   + (1. - self.baseline_decay) * tf.reduce_mean(signal))
+        self.baseline_weight.assign(self.baseline_decay * self.baseline_weight + (1. - self.baseline_decay))
+        return self._update_metrics(loss, bound)
+
+    def test_step(self, data):
+        x = self._check_x(_wake_batch(data))
+        loss, bound, _ = self.objective(x, self.seed_generator.next())
+        return self._update_metrics(loss, bound)
+
+    def get_config(self):
+        return {**super().get_config(),
+                "generative_model": keras.saving.serialize_keras_object(self.generative_model),
+                "encoder": keras.saving.serialize_keras_object(self.encoder),
+                "num_samples": self.num_samples, "baseline_decay": self.baseline_decay, "seed": self.seed}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("generative_model", "encoder"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
+
+    def _update_metrics(self, loss, bound):
+        self.trackers["loss"].update_state(loss)
+        self.trackers["bound"].update_state(tf.reduce_mean(bound))
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+    def _check_x(self, x):
+        return check_wake_x(x, self._reference[self.observed], self.observed)
+
+    def _next_seed(self, seed):
+        return self.seed_generator.next() if seed is None else seed
+
+    def _check_encoder(self):
+        """Checks, on two model samples, that the encoder's nodes are the model's latent nodes."""
+        self._reference = sleep(self.joint_distribution(), 2, [0, 0])
+        latents = sorted(name for name in self._reference if name != self.observed)
+        posterior = self.encoder(self._reference[self.observed])
+        if not isinstance(posterior, tfd.JointDistribution):
+            raise TypeError("encoder(x) must return a tfd.JointDistribution over the latent nodes. "
+                            f"Received: {type(posterior).__name__}")
+        if sorted(_joint.node_names(posterior)) != latents:
+            raise ValueError(f"encoder(x) must return a JointDistribution over the latent nodes {latents}. "
+                             f"Received: nodes {sorted(_joint.node_names(posterior))}")
