@@ -239,9 +239,8 @@ def main():
         if getattr(args, key) is None:
             setattr(args, key, value)
     num_train, num_test = (500, 500) if args.quick else (2000, 1000)
-    factories = {"factor_analysis": factor_analysis_problem, "gaussian_mixture": gaussian_mixture_problem}
-    if SoftplusGaussianModel is not None:
-        factories["softplus"] = softplus_problem
+    factories = {"factor_analysis": factor_analysis_problem, "gaussian_mixture": gaussian_mixture_problem,
+                 "softplus": softplus_problem}
     names = [name for name in args.models.split(",") if name in factories]
     start = time.perf_counter()
     print(machine_header())
