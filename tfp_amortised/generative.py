@@ -1,6 +1,8 @@
 """The generative-model contract: a Keras layer that owns the parameters and builds a JointDistribution."""
 
 import keras
+import numpy as np
+import tensorflow_probability as tfp
 
 
 class GenerativeModel(keras.layers.Layer):
@@ -26,6 +28,12 @@ class GenerativeModel(keras.layers.Layer):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.built = True
+
+    def add_positive_weight(self, name, value, trainable=True):
+        """A scalar weight `raw` initialised so that `tf.nn.softplus(raw) == value`: a positive parameter."""
+        initial = float(tfp.math.softplus_inverse(np.float64(value)))
+        return self.add_weight(shape=(), initializer=keras.initializers.Constant(initial), trainable=trainable,
+                               name=name)
 
     def joint_distribution(self):
         """Returns `p_theta(z, x)` as a `tfd.JointDistribution` built from the current weights."""

@@ -1,6 +1,5 @@
 """VariationalLearner: the ELBO against closed forms on factor analysis; learning a Gaussian mixture."""
 
-import keras
 import numpy as np
 import tensorflow as tf
 

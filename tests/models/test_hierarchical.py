@@ -5,7 +5,6 @@ import math
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from tests.gradients import median_relative_error, per_point_gradients
 from tfp_amortised import surrogate_log_marginal

@@ -1,6 +1,5 @@
 """AmortisedLearner on five-component mixture data reaches the exact maximum likelihood found by EM."""
 
-import numpy as np
 
 from benchmarks.mixture import em_score, initial_means, learn, simulate
 

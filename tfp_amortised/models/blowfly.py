@@ -206,20 +206,15 @@ class BlowflyModel(GenerativeModel):
         self.num_steps, self.learn_observation_scale = num_steps, learn_observation_scale
         self.initial_values = {name: float(value) for name, value in positive.items()}
         self.initial_delay_logits = delay_logits
-        self.raw_growth = self._positive_weight("raw_growth", growth)
-        self.raw_threshold = self._positive_weight("raw_threshold", threshold / COUNT_UNIT)
-        self.raw_death = self._positive_weight("raw_death", death)
-        self.raw_reproduction_scale = self._positive_weight("raw_reproduction_scale", reproduction_scale)
-        self.raw_survival_scale = self._positive_weight("raw_survival_scale", survival_scale)
-        self.raw_observation_scale = self._positive_weight(
+        self.raw_growth = self.add_positive_weight("raw_growth", growth)
+        self.raw_threshold = self.add_positive_weight("raw_threshold", threshold / COUNT_UNIT)
+        self.raw_death = self.add_positive_weight("raw_death", death)
+        self.raw_reproduction_scale = self.add_positive_weight("raw_reproduction_scale", reproduction_scale)
+        self.raw_survival_scale = self.add_positive_weight("raw_survival_scale", survival_scale)
+        self.raw_observation_scale = self.add_positive_weight(
             "raw_observation_scale", observation_scale, trainable=learn_observation_scale)
         self.delay_logits = self.add_weight(
             shape=(MAX_DELAY,), initializer=keras.initializers.Constant(delay_logits), name="delay_logits")
-
-    def _positive_weight(self, name, value, trainable=True):
-        initial = float(tfp.math.softplus_inverse(np.float64(value)))
-        return self.add_weight(shape=(), initializer=keras.initializers.Constant(initial), trainable=trainable,
-                               name=name)
 
     def parameters(self):
         """The current parameters: dict of scalar Tensors `growth`, `threshold`, `death`, `reproduction_scale`,

@@ -66,9 +66,7 @@ class CircleModel(GenerativeModel):
                                          kernel_initializer=_initializer(seed, len(self.hidden_units))))
         self.decoder = keras.Sequential(layers, name="decoder")
         self.decoder.build((None, 2))
-        self.raw_scale = self.add_weight(
-            shape=(), initializer=keras.initializers.Constant(float(tfp.math.softplus_inverse(scale))),
-            trainable=learn_scale, name="raw_scale")
+        self.raw_scale = self.add_positive_weight("raw_scale", scale, trainable=learn_scale)
 
     @property
     def scale(self):

@@ -37,9 +37,7 @@ class GaussianMixtureModel(GenerativeModel):
         self.logits = self.add_weight(shape=(num_components,), initializer="zeros", name="logits")
         self.means = self.add_weight(
             shape=(num_components, data_dim), initializer=keras.initializers.RandomNormal(seed=seed), name="means")
-        self.raw_scale = self.add_weight(
-            shape=(), initializer=keras.initializers.Constant(float(tfp.math.softplus_inverse(scale))),
-            trainable=learn_scale, name="raw_scale")
+        self.raw_scale = self.add_positive_weight("raw_scale", scale, trainable=learn_scale)
 
     @property
     def scale(self):

@@ -1,7 +1,6 @@
 """A hierarchical Gamma-Poisson model: groups of counts sharing a random rate, with an exact log-likelihood."""
 
 import keras
-import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
@@ -9,12 +8,6 @@ from tfp_amortised.generative import GenerativeModel
 
 tfd = tfp.distributions
 Root = tfd.JointDistributionCoroutine.Root
-
-
-def _positive_weight(layer, name, value):
-    """A scalar weight of `layer` initialised to `softplus^{-1}(value)`."""
-    initial = float(tfp.math.softplus_inverse(np.float64(value)))
-    return layer.add_weight(shape=(), initializer=keras.initializers.Constant(initial), name=name)
 
 
 @keras.saving.register_keras_serializable(package="tfp_amortised")
@@ -57,8 +50,8 @@ class HierarchicalPoissonModel(GenerativeModel):
             if not (isinstance(value, (int, float)) and 0 < value < float("inf")):
                 raise ValueError(f"{name} must be a positive finite number. Received: {name}={value!r}")
         self.group_size, self.initial_concentration, self.initial_rate = group_size, float(concentration), float(rate)
-        self.raw_concentration = _positive_weight(self, "raw_concentration", concentration)
-        self.raw_rate = _positive_weight(self, "raw_rate", rate)
+        self.raw_concentration = self.add_positive_weight("raw_concentration", concentration)
+        self.raw_rate = self.add_positive_weight("raw_rate", rate)
 
     @property
     def concentration(self):

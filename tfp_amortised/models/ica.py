@@ -75,9 +75,7 @@ class IndependentComponentsModel(GenerativeModel):
         self.initial_noise_scale, self.seed = float(noise_scale), seed
         self.mixing = self.add_weight(
             shape=(data_dim, num_sources), initializer=keras.initializers.RandomNormal(seed=seed), name="mixing")
-        raw_noise_scale = float(tfp.math.softplus_inverse(np.float64(noise_scale)))
-        self.raw_noise_scale = self.add_weight(
-            shape=(), initializer=keras.initializers.Constant(raw_noise_scale), name="raw_noise_scale")
+        self.raw_noise_scale = self.add_positive_weight("raw_noise_scale", noise_scale)
 
     @property
     def noise_scale(self):

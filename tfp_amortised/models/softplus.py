@@ -72,9 +72,7 @@ class SoftplusGaussianModel(GenerativeModel):
         self.quadrature_degree = quadrature_degree
         self.loading = self.add_weight(
             shape=(LATENT_DIM,), initializer=keras.initializers.Constant(loading), name="loading")
-        self.raw_noise_scale = self.add_weight(
-            shape=(), initializer=keras.initializers.Constant(float(tfp.math.softplus_inverse(noise_scale))),
-            name="raw_noise_scale")
+        self.raw_noise_scale = self.add_positive_weight("raw_noise_scale", noise_scale)
         nodes, log_weights = _hermite_grid(quadrature_degree)
         self._nodes = tf.constant(nodes, self.compute_dtype)  # [Q, 2]
         self._log_weights = tf.constant(log_weights, self.compute_dtype)  # [Q]
