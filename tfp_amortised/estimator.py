@@ -45,7 +45,7 @@ def flatten_events(x, event_ndims):
     return tf.reshape(x, tf.concat([batch_shape, [-1]], axis=0))
 
 
-def weighted_log_joint(joint, sleep_sample, weights, wake_x, *, observed="x", form="joint"):
+def weighted_log_joint(joint, sleep_sample, weights, wake_x, *, observed="x", form="joint", sleep_log_joint=None):
     """The surrogate `s_m` of each wake point from sleep samples and ridge weights already computed.
 
     Args:
@@ -55,13 +55,15 @@ def weighted_log_joint(joint, sleep_sample, weights, wake_x, *, observed="x", fo
       wake_x: `Tensor[M, *event_shape]`, observations of the node named `observed`.
       observed: name of the observed node.
       form: `"joint"` or `"conditional"` (see module docstring).
+      sleep_log_joint: optional `Tensor[N]`, `log p(z_n, x_n)` of the sleep samples when the caller has already
+        computed it (inside the same tape); the joint form then reuses it instead of evaluating it again.
 
     Returns:
       `Tensor[M]`.
     """
     weights = tf.stop_gradient(weights)
     if form == "joint":
-        log_joint = _joint.log_prob(joint, sleep_sample)  # [N]
+        log_joint = _joint.log_prob(joint, sleep_sample) if sleep_log_joint is None else sleep_log_joint  # [N]
         return tf.linalg.matvec(weights, tf.cast(log_joint, weights.dtype))
     # Conditional form: every latent draw z_n paired with every wake observation x_m, by broadcasting
     # latents as [1, N, ...] against observations as [M, 1, ...]; log p(z_n, x_m) has shape [M, N].

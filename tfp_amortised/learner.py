@@ -186,20 +186,23 @@ class AmortisedLearner(keras.Model):
         with tf.name_scope("sleep"):
             sample = sleep(joint, num_local + self.num_holdout, distributed.replica_seed(seed))
         fit = {name: value[:num_local] for name, value in sample.items()}
-        holdout = {name: value[num_local:] for name, value in sample.items()}
         wake_x = tf.cast(check_wake_x(wake_x, sample[self.observed], self.observed), sample[self.observed].dtype)
         wake_x = tf.ensure_shape(wake_x, [None, *sample[self.observed].shape[1:]])  # distributed batches lose it
-        queries = tf.concat([wake_x, holdout[self.observed]], axis=0)
+        queries = tf.concat([wake_x, sample[self.observed][num_local:]], axis=0)  # wake, then held-out sleep
         weights = self._ridge_weights(distributed.gather(fit[self.observed]), queries)  # [M_r + H, N]
         num_wake = tf.shape(wake_x)[0]
         all_weights = distributed.gather(weights[:num_wake])  # [M, N]: every replica's wake rows
+        # One pass of the log-density over the local sleep and held-out samples serves the joint-form
+        # surrogate and the R^2 diagnostic.
+        log_joint = _joint.log_prob(joint, sample) if self.form == "joint" or self.num_holdout else None
         surrogate = weighted_log_joint(joint, fit, distributed.own_columns(all_weights, num_local),
-                                       distributed.gather(wake_x), observed=self.observed, form=self.form)
+                                       distributed.gather(wake_x), observed=self.observed, form=self.form,
+                                       sleep_log_joint=None if log_joint is None else log_joint[:num_local])
         loss = -tf.reduce_sum(surrogate) / tf.cast(tf.shape(surrogate)[0], surrogate.dtype)
         terms = {"surrogate": surrogate, "loss": loss, "total_loss": distributed.total(tf.stop_gradient(loss))}
         if self.num_holdout:
-            fitted = distributed.gather(_joint.log_prob(joint, fit))  # [N] sleep log-joint of every replica
-            terms["ridge_r2"] = _holdout_r2(joint, fitted, holdout, weights[num_wake:])
+            fitted = distributed.gather(log_joint[:num_local])  # [N] sleep log-joint of every replica
+            terms["ridge_r2"] = _holdout_r2(fitted, log_joint[num_local:], weights[num_wake:])
         return terms
 
     def _ridge_weights(self, sleep_x, query_x):
@@ -241,9 +244,15 @@ def _wake_batch(data):
     return data[0] if isinstance(data, (tuple, list)) else data
 
 
-def _holdout_r2(joint, fitted, holdout, holdout_weights):
-    """Out-of-sample R^2 of the ridge prediction of the sleep log-joint (`fitted: [N]`) at held-out sleep points."""
-    target = tf.stop_gradient(tf.cast(_joint.log_prob(joint, holdout), holdout_weights.dtype))
+def _holdout_r2(fitted, target, holdout_weights):
+    """Out-of-sample R^2 of the ridge prediction of the sleep log-joint at held-out sleep points.
+
+    Args:
+      fitted: `Tensor[N]`, log-joint of the sleep samples the regression was fitted on.
+      target: `Tensor[H]`, log-joint of the held-out sleep samples.
+      holdout_weights: `Tensor[H, N]`, ridge weights at the held-out observations.
+    """
+    target = tf.stop_gradient(tf.cast(target, holdout_weights.dtype))
     fitted = tf.stop_gradient(tf.cast(fitted, holdout_weights.dtype))
     prediction = tf.linalg.matvec(holdout_weights, fitted)
     residual = tf.reduce_mean(tf.square(target - prediction))
