@@ -17,7 +17,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_amortised import _joint
-from tfp_amortised.ridge import DEFAULT_RIDGE, KERNELS, median_bandwidth, ridge_weights
+from tfp_amortised.ridge import kernel_ridge_weights
 
 FORMS = ("joint", "conditional")
 
@@ -94,8 +94,8 @@ def surrogate_log_marginal(joint, wake_x, *, num_sleep, seed, observed="x", ridg
       seed: a stateless seed (`int32[2]`); the same seed gives the same estimate.
       observed: name of the observed node in `joint`.
       ridge: a `KernelRidge` layer, or None (default) for its defaults computed by pure functions: Gaussian
-        kernel, median-heuristic bandwidth, `DEFAULT_RIDGE`; None creates no Keras variables, so it also
-        works inside a `tf.function` that does not own a layer.
+        kernel, median-heuristic bandwidth, `DEFAULT_RIDGE` (`kernel_ridge_weights`); None creates no Keras
+        variables, so it also works inside a `tf.function` that does not own a layer.
       form: `"joint"` or `"conditional"`.
 
     Returns:
@@ -150,9 +150,7 @@ def _weights(ridge, sleep_x, query_x):
     """`ridge(sleep_x, query_x)`, or the default kernel ridge weights `[M, N]` when `ridge` is None."""
     if ridge is not None:
         return ridge(sleep_x, query_x)
-    sleep_x, query_x = tf.cast(sleep_x, tf.float32), tf.cast(query_x, tf.float32)
-    kernel = KERNELS["gaussian"](length_scale=median_bandwidth(sleep_x))
-    return ridge_weights(kernel, sleep_x, query_x, DEFAULT_RIDGE)[0]
+    return kernel_ridge_weights(tf.cast(sleep_x, tf.float32), tf.cast(query_x, tf.float32))[0]
 
 
 def _check_num_sleep(num_sleep):

@@ -252,6 +252,37 @@ SOLVERS = {
 }
 
 
+def kernel_ridge_weights(sleep_x, query_x, kernel="gaussian", bandwidth=None, ridge=DEFAULT_RIDGE,
+                         solver="cholesky", bandwidth_subsample=512, **solver_options):
+    """Kernel ridge weights with a named kernel and solver: the computation of `KernelRidge`, as a pure function.
+
+    Both sets are first centred on the sleep mean: the kernels are stationary, so this changes nothing but
+    rounding (the Gram matrix's `|x|^2 + |y|^2 - 2 x.y` and the Fourier phases lose precision far from the
+    origin).
+
+    Args:
+      sleep_x: `Tensor[N, D]`.
+      query_x: `Tensor[M, D]`.
+      kernel: a key of `KERNELS`.
+      bandwidth: the length scale, or None for `median_bandwidth` on `bandwidth_subsample` sleep rows.
+      ridge: scalar `lam > 0`.
+      solver: a key of `SOLVERS`; `solver_options` are passed on to it.
+      bandwidth_subsample: subsample size of the median heuristic.
+
+    Returns:
+      weights: `Tensor[M, N]`.
+      bandwidth: scalar `Tensor`, the length scale used.
+      jitter: scalar `Tensor`, the diagonal shift the solver's Cholesky needed.
+    """
+    center = tf.reduce_mean(sleep_x, axis=0)
+    sleep_x, query_x = sleep_x - center, query_x - center
+    if bandwidth is None:
+        bandwidth = median_bandwidth(sleep_x, bandwidth_subsample)
+    weights, jitter = SOLVERS[solver](KERNELS[kernel](length_scale=bandwidth), sleep_x, query_x,
+                                      tf.cast(ridge, sleep_x.dtype), **solver_options)
+    return weights, bandwidth, jitter
+
+
 @keras.saving.register_keras_serializable(package="tfp_amortised")
 class KernelRidge(keras.layers.Layer):
     """Keras layer computing the kernel ridge regression weights of amortised learning.
@@ -343,16 +374,15 @@ class KernelRidge(keras.layers.Layer):
         sleep_x = _as_real(sleep_x, "sleep_x", self.compute_dtype)
         query_x = _as_real(query_x, "query_x", self.compute_dtype)
         _check_features(sleep_x, query_x)
-        # The kernel is stationary: centring both sets on the sleep mean changes nothing but rounding (the Gram
-        # matrix's |x|^2 + |y|^2 - 2 x.y and the Fourier phases lose precision far from the origin).
-        center = tf.reduce_mean(sleep_x, axis=0)
-        sleep_x, query_x = sleep_x - center, query_x - center
-        if self.bandwidth_rule == "median":
-            self.log_bandwidth.assign(tf.math.log(median_bandwidth(sleep_x, self.bandwidth_subsample)))
+        median = self.bandwidth_rule == "median"
+        weights, bandwidth, jitter = kernel_ridge_weights(
+            sleep_x, query_x, kernel=self.kernel_name,
+            bandwidth=None if median else tf.exp(tf.cast(self.log_bandwidth, self.compute_dtype)),
+            ridge=tf.exp(tf.cast(self.log_ridge, self.compute_dtype)), solver=self.solver,
+            bandwidth_subsample=self.bandwidth_subsample, **self._solver_options())
+        if median:
+            self.log_bandwidth.assign(tf.cast(tf.math.log(bandwidth), self.log_bandwidth.dtype))
         _check_bandwidth(self.bandwidth)
-        kernel = KERNELS[self.kernel_name](length_scale=tf.exp(tf.cast(self.log_bandwidth, self.compute_dtype)))
-        ridge = tf.exp(tf.cast(self.log_ridge, self.compute_dtype))
-        weights, jitter = SOLVERS[self.solver](kernel, sleep_x, query_x, ridge, **self._solver_options())
         self.jitter.assign(tf.cast(jitter, self.jitter.dtype))
         return weights
 
