@@ -17,6 +17,7 @@ Times are medians over repeats after a warm-up call.
 
     python -m benchmarks.step_speed            # full size (tens of minutes on two cores)
     python -m benchmarks.step_speed --quick    # small sizes, a few minutes
+    python -m benchmarks.step_speed --only binary:random_features   # the full-size rows of one model and solver
 """
 
 import argparse
@@ -250,6 +251,8 @@ def plot(results, path):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes and few repeats")
+    parser.add_argument("--only", action="append", metavar="MODEL:SOLVER",
+                        help="run only these rows of the table (repeatable), e.g. binary:random_features")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: one configuration, JSON, in this process
     args = parser.parse_args()
     if args.one:
@@ -259,10 +262,17 @@ def main():
         return
     start = time.time()
     options = QUICK_OPTIONS if args.quick else SOLVER_OPTIONS
-    results = run(QUICK if args.quick else FULL, options, repeats=2 if args.quick else 3)
+    configs = QUICK if args.quick else FULL
+    if args.only:
+        configs = [config for config in configs if f"{config[0]}:{config[1]}" in args.only]
+        if not configs:
+            parser.error(f"--only {args.only} matches no row; rows are MODEL:SOLVER with MODEL in binary, circle "
+                         f"and SOLVER in {sorted(SOLVER_OPTIONS)}")
+    results = run(configs, options, repeats=2 if args.quick else 3)
     print(machine_header())
     print(table(results, options))
-    path = plot_path("step_speed_quick.png" if args.quick else "step_speed.png")
+    suffix = "".join("_" + row.replace(":", "_") for row in sorted(args.only or []))
+    path = plot_path(f"step_speed{'_quick' if args.quick else ''}{suffix}.png")
     plot(results, path)
     print(f"plot: {path}; wall time {time.time() - start:.0f} s")
 
