@@ -1,12 +1,17 @@
-"""Shared output of the benchmark scripts: a header naming machine and versions, and markdown tables."""
+"""Shared pieces of the benchmark scripts: command line, machine header, markdown tables and figures."""
 
+import argparse
 import os
 import platform
 import subprocess
 
 import keras
+import matplotlib
 import tensorflow as tf
 import tensorflow_probability as tfp
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
 
 PLOT_DIR = os.path.join(os.path.dirname(__file__), "plots")
 
@@ -42,3 +47,17 @@ def plot_path(name):
     """Path of a benchmark's PNG under benchmarks/plots/, creating the folder."""
     os.makedirs(PLOT_DIR, exist_ok=True)
     return os.path.join(PLOT_DIR, name)
+
+
+def save_figure(figure, path):
+    """Lays out `figure`, writes it to `path` as a 120-dpi PNG and closes it."""
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def benchmark_parser(doc, quick_help):
+    """The command line every benchmark shares: its description is `doc`'s first line, `--quick` runs small sizes."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    return parser

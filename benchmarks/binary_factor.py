@@ -11,7 +11,6 @@ same generative model with a logit-normal mean-field encoder, its denoiser `E_q[
     python -m benchmarks.binary_factor [--quick]
 """
 
-import argparse
 import time
 
 import keras
@@ -20,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from benchmarks._report import machine_header, markdown_table, plot_path
+from benchmarks._report import benchmark_parser, machine_header, markdown_table, plot_path, save_figure
 from tfp_amortised.baselines import MeanFieldEncoder, VariationalLearner
 from tfp_amortised.learner import AmortisedLearner
 from tfp_amortised.models.binary_factor import BinaryFactorModel, bars, flip_pixels
@@ -84,14 +83,11 @@ def plot(clean, noisy, denoised, loading, path):
         row[0].set_ylabel(title, fontsize=7)
     figure.suptitle("BinaryFactorModel after amortised learning: denoised = E[p(x=1|z) | x] (grey scale 0-1), "
                     "no encoder", fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="N=500, 4 epochs")
+    parser = benchmark_parser(__doc__, "N=500, 4 epochs")
     args = parser.parse_args()
     num_sleep, epochs = (500, 4) if args.quick else (1000, 15)
     start = time.time()

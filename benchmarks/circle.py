@@ -11,7 +11,6 @@ untrained model, and the true process (its exact posterior mean and log-likeliho
     python -m benchmarks.circle [--quick]
 """
 
-import argparse
 import math
 import time
 
@@ -20,7 +19,7 @@ import matplotlib
 import numpy as np
 import tensorflow as tf
 
-from benchmarks._report import machine_header, markdown_table, plot_path
+from benchmarks._report import benchmark_parser, machine_header, markdown_table, plot_path, save_figure
 from tfp_amortised.learner import AmortisedLearner
 from tfp_amortised.models.circle import (CircleModel, circle_log_marginal, gabor, gabor_patches, kuiper_test,
                                          match_gabor)
@@ -67,14 +66,11 @@ def plot(result, path):
     axis.set_ylabel("count")
     axis.legend(fontsize=7)
     figure.suptitle("CircleModel after amortised learning: decoded images at latent angles z (top)", fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="1000 patches, N=500, 6 epochs")
+    parser = benchmark_parser(__doc__, "1000 patches, N=500, 6 epochs")
     args = parser.parse_args()
     num_train, num_sleep, epochs, num_samples = (1000, 500, 6, 500) if args.quick else (2000, 1000, 15, 2000)
     start = time.time()

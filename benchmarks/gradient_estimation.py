@@ -15,7 +15,6 @@ over observations, averaged over repeats (different seeds).
     python -m benchmarks.gradient_estimation [--quick]
 """
 
-import argparse
 import time
 
 import matplotlib
@@ -23,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from benchmarks._report import machine_header, markdown_table, plot_path
+from benchmarks._report import benchmark_parser, machine_header, markdown_table, plot_path, save_figure
 from tests.gradients import median_relative_error, per_point_gradients
 from tfp_amortised import surrogate_log_marginal
 from tfp_amortised.models.softplus import SoftplusGaussianModel
@@ -95,14 +94,11 @@ def plot(errors, sizes, path):
         axis.set_xlabel("samples N")
     axes[0, 0].set_ylabel("median relative error of ∇b log p(x)")
     axes[0, -1].legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="two settings, N <= 1000, one repeat")
+    parser = benchmark_parser(__doc__, "two settings, N <= 1000, one repeat")
     args = parser.parse_args()
     settings, sizes, repeats = (SETTINGS[:2], SIZES[:4], 1) if args.quick else (SETTINGS, SIZES, 3)
     start = time.time()

@@ -16,7 +16,6 @@ Models: factor analysis (6-d data, 2 latents), a mixture of 5 isotropic Gaussian
 model of the gradient experiment (Wenliang et al., ICML 2020) when `tfp_amortised.models.softplus` exists.
 """
 
-import argparse
 import time
 
 import keras
@@ -25,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks import _reference
-from benchmarks._report import machine_header, markdown_table, plot_path
+from benchmarks._report import benchmark_parser, machine_header, markdown_table, plot_path, save_figure
 from tfp_amortised.baselines import (ImportanceWeightedLearner, MeanFieldEncoder, ReweightedWakeSleepLearner,
                                      VariationalLearner)
 from tfp_amortised.learner import AmortisedLearner
@@ -214,15 +213,12 @@ def plot(problem, results, suffix=""):
              title=f"{problem.name}: one line per seed")
     axis.legend(loc="lower right", fontsize=8)
     path = plot_path(f"learning_quality_{problem.name}{suffix}.png")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
     return path
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small data, few steps and one seed")
+    parser = benchmark_parser(__doc__, "small data, few steps and one seed")
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None, help="the equal-steps read-out of the curves")
     parser.add_argument("--budget", type=float, default=None, help="CPU seconds per run")

@@ -8,7 +8,6 @@ the seed as means, equal weights and scale 1. Score: held-out log-likelihood per
     python -m benchmarks.mixture [--quick]
 """
 
-import argparse
 import time
 
 import keras
@@ -16,7 +15,7 @@ import matplotlib
 import numpy as np
 
 from benchmarks._reference import gaussian_mixture_em
-from benchmarks._report import machine_header, markdown_table, plot_path
+from benchmarks._report import benchmark_parser, machine_header, markdown_table, plot_path, save_figure
 from tfp_amortised.learner import AmortisedLearner
 from tfp_amortised.models.gaussian_mixture import GaussianMixtureModel
 
@@ -76,14 +75,11 @@ def plot(curves, em, truth_score, path):
         axis.set_ylim(truth_score - 0.6, truth_score + 0.1)
     axes[0].set_ylabel("held-out log-likelihood per point")
     axes[-1].legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="two seeds, 8 epochs, N=300")
+    parser = benchmark_parser(__doc__, "two seeds, 8 epochs, N=300")
     args = parser.parse_args()
     seeds, epochs, num_sleep = (range(2), 8, 300) if args.quick else (range(5), 25, 1000)
     start = time.time()

@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from benchmarks._report import machine_header, markdown_table, plot_path
+from benchmarks._report import benchmark_parser, machine_header, markdown_table, plot_path, save_figure
 from tests.gradients import median_relative_error, per_point_gradients
 from tfp_amortised import _joint, sleep, surrogate_log_marginal
 from tfp_amortised.estimator import flatten_events
@@ -244,13 +244,11 @@ def plot(results, path):
     axis.set_xlabel("number of sleep samples N")
     axis.set_ylabel("train step (s)")
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes and few repeats")
+    parser = benchmark_parser(__doc__, "small sizes and few repeats")
     parser.add_argument("--only", action="append", metavar="MODEL:SOLVER",
                         help="run only these rows of the table (repeatable), e.g. binary:random_features")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: one configuration, JSON, in this process

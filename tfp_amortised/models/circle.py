@@ -7,6 +7,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_amortised.generative import GenerativeModel
+from tfp_amortised.models._mlp import apply_over_batch, mlp
 
 tfd = tfp.distributions
 Root = tfd.JointDistributionCoroutine.Root
@@ -60,12 +61,7 @@ class CircleModel(GenerativeModel):
             raise ValueError(f"image_size must be an integer >= 2. Received: image_size={image_size!r}")
         self.image_size, self.hidden_units = image_size, tuple(hidden_units)
         self.initial_scale, self.learn_scale, self.seed = scale, learn_scale, seed
-        layers = [keras.layers.Dense(units, activation="tanh", kernel_initializer=_initializer(seed, i))
-                  for i, units in enumerate(self.hidden_units)]
-        layers.append(keras.layers.Dense(image_size * image_size,
-                                         kernel_initializer=_initializer(seed, len(self.hidden_units))))
-        self.decoder = keras.Sequential(layers, name="decoder")
-        self.decoder.build((None, 2))
+        self.decoder = mlp(2, self.hidden_units, image_size * image_size, seed=seed)
         self.raw_scale = self.add_positive_weight("raw_scale", scale, trainable=learn_scale)
 
     @property
@@ -76,10 +72,8 @@ class CircleModel(GenerativeModel):
     def decode(self, z):
         """The mean image `f_w([cos z, sin z])`: `Tensor[*batch] -> Tensor[*batch, image_size, image_size]`."""
         z = tf.convert_to_tensor(z, self.compute_dtype)
-        batch_shape = tf.shape(z)
-        features = tf.reshape(tf.stack([tf.cos(z), tf.sin(z)], axis=-1), [-1, 2])  # Dense wants rank 2
-        image_shape = tf.constant([self.image_size, self.image_size])
-        return tf.reshape(self.decoder(features), tf.concat([batch_shape, image_shape], axis=0))
+        return apply_over_batch(self.decoder, tf.stack([tf.cos(z), tf.sin(z)], axis=-1),
+                                (self.image_size, self.image_size))
 
     def joint_distribution(self):
         scale = self.scale
