@@ -7,6 +7,7 @@ import tensorflow_probability as tfp
 
 from tests.gradients import median_relative_error, per_point_gradients
 from tfp_amortised import KernelRidge, sleep, surrogate_log_marginal
+from tfp_amortised.estimator import flatten_events
 from tfp_amortised.models import FactorAnalysisModel, GaussianMixtureModel
 
 tfd = tfp.distributions
@@ -209,6 +210,25 @@ def test_sleep_is_detached_named_and_seeded():
     other = sleep(model.joint_distribution(), 10, seed=(1, 3))
     np.testing.assert_array_equal(sample["x"], again["x"])
     assert not np.allclose(sample["x"], other["x"])
+
+
+def test_sleep_takes_a_tensor_num_sleep_inside_tf_function():
+    model = GaussianMixtureModel(num_components=3, data_dim=2, seed=1)
+    draw = tf.function(lambda n: sleep(model.joint_distribution(), n, seed=(1, 2)))
+    sample = draw(tf.constant(7))
+    assert sample["x"].shape == [7, 2]
+    np.testing.assert_array_equal(sample["x"], sleep(model.joint_distribution(), 7, seed=(1, 2))["x"])
+
+
+@pytest.mark.parametrize("event_shape", [[], [3], [2, 3]])
+@pytest.mark.parametrize("batch_shape", [[5], [4, 5]])
+def test_flatten_events_keeps_the_feature_size_static_with_unknown_batch(batch_shape, event_shape):
+    x = tf.reshape(tf.range(np.prod(batch_shape + event_shape), dtype=tf.float32), batch_shape + event_shape)
+    size = int(np.prod(event_shape))
+    flatten = tf.function(lambda value: flatten_events(value, len(event_shape)),
+                          input_signature=[tf.TensorSpec([None] * len(batch_shape) + event_shape)])
+    assert flatten.get_concrete_function().structured_outputs.shape.as_list() == [None] * len(batch_shape) + [size]
+    np.testing.assert_array_equal(flatten(x), np.reshape(x, batch_shape + [size]))
 
 
 class TestBadInput:

@@ -27,22 +27,29 @@ def sleep(joint, num_sleep, seed):
 
     Args:
       joint: a `tfd.JointDistribution` with scalar batch shape, or a zero-argument callable returning one.
-      num_sleep: Python int, the number `N` of samples.
+      num_sleep: the number `N` of samples: a Python int >= 2, or a scalar integer Tensor (not checked).
       seed: a stateless seed (`int32[2]` Tensor or pair of ints).
 
     Returns:
       dict `{node name: Tensor[N, *event_shape]}`, with gradients stopped.
     """
     joint = _joint.resolve_joint(joint)
-    _check_num_sleep(num_sleep)
+    if not (tf.is_tensor(num_sleep) and num_sleep.dtype.is_integer and num_sleep.shape.rank == 0):
+        _check_num_sleep(num_sleep)
     seed = tfp.random.sanitize_seed(tf.cast(seed, tf.int32) if tf.is_tensor(seed) else seed)  # Keras seeds are int64
     return _joint.stop_gradient(_joint.as_named(joint, joint.sample(num_sleep, seed=seed)))
 
 
 def flatten_events(x, event_ndims):
-    """Reshapes `x: [B, *event_shape]` (event of rank `event_ndims`) to features `[B, prod(event_shape)]`."""
+    """Reshapes `x: [*batch, *event_shape]` (event of rank `event_ndims`) to features `[*batch, prod(event_shape)]`.
+
+    The feature size stays static wherever the event shape is, even when the batch size is unknown (a
+    `tf.function` input, a distributed batch), since `KernelRidge` builds its weights from it.
+    """
+    x = tf.convert_to_tensor(x)
+    event_size = None if x.shape.rank is None else x.shape[x.shape.rank - event_ndims:].num_elements()
     batch_shape = tf.shape(x)[:tf.rank(x) - event_ndims]
-    return tf.reshape(x, tf.concat([batch_shape, [-1]], axis=0))
+    return tf.reshape(x, tf.concat([batch_shape, [-1 if event_size is None else event_size]], axis=0))
 
 
 def weighted_log_joint(joint, sleep_sample, weights, wake_x, *, observed="x", form="joint", sleep_log_joint=None):
