@@ -26,7 +26,8 @@ class BinaryFactorModel(GenerativeModel):
     model reconstructs and denoises by posterior expectations from the sleep regression (Wenliang,
     Moskovitz, Kanagawa, Sahani, "Amortised Learning by Wake-Sleep", ICML 2020, downstream tasks):
     `E[sigmoid(logits(z)) | x]` (`AmortisedLearner.posterior_expectation` with `pixel_probabilities`) or
-    `decode(E[z | x])`. Nodes: `z` (latent), `x` (observed, float 0/1).
+    `decode(E[z | x])`. Nodes: `z` (latent), `x` (observed, float 0/1). `W` is unconstrained here; the
+    authors' public code for their factor-model experiment keeps `W >= 0` with a Gamma prior on it.
 
     Args:
       num_factors: `K`.

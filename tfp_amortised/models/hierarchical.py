@@ -27,7 +27,8 @@ class HierarchicalPoissonModel(GenerativeModel):
                    - sum_i lgamma(x_i + 1)
 
     so the exact gradient of `log p(x)` is ground truth for the amortised estimator (Wenliang et al., 2020),
-    which sees only samples of `(rate, x)` and integer-valued observations.
+    which sees only samples of `(rate, x)` and integer-valued observations. The paper lists hierarchical
+    models among its examples; the Gamma-Poisson choice here is ours, picked for its exact likelihood.
 
     Args:
       group_size: `n`, the number of counts in a group.

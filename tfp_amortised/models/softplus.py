@@ -32,7 +32,10 @@ def _hermite_grid(degree):
 
 @keras.saving.register_keras_serializable(package="tfp_amortised")
 class SoftplusGaussianModel(GenerativeModel):
-    """Two Gaussian latents seen through a softplus: the gradient-estimation model of Wenliang et al. (2020).
+    """Two Gaussian latents seen through a softplus: a model for testing estimates of `grad log p(x)`.
+
+    It follows this project's specification of the paper's gradient-estimation experiment (Wenliang et al.,
+    2020); we could not check its exact form against the paper's text.
 
     Generative process, with `z: [2]` and `x: [1]`:
 
@@ -55,7 +58,7 @@ class SoftplusGaussianModel(GenerativeModel):
     #### References
 
     [1] Li K. Wenliang, Theodore Moskovitz, Heishiro Kanagawa, Maneesh Sahani. Amortised Learning by
-        Wake-Sleep. ICML 2020 (the log-likelihood gradient estimation experiment).
+        Wake-Sleep. ICML 2020 (its log-likelihood gradient estimation experiment motivates this model).
     """
 
     def __init__(self, loading=(1., 1.), noise_scale=1., quadrature_degree=96, **kwargs):
