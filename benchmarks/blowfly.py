@@ -2,24 +2,22 @@
 
     python -m benchmarks.blowfly            # full run (see RESULTS.md for its wall time)
     python -m benchmarks.blowfly --quick    # a few minutes
-    python -m benchmarks.blowfly --features # kernel on summary statistics instead of the whole log series
+    python -m benchmarks.blowfly --features # kernel on summary statistics (BlowflySummaries) of the log series
 
 Prints two markdown tables (true vs learned parameters on simulated data, one column per seed; summary
 statistics of the real series against simulations of the model learned from it) and writes
 benchmarks/plots/blowfly.png (the real series against trajectories of the learned model).
 """
 
-import argparse
 import time
 
 import keras
 import matplotlib
 import numpy as np
-import tensorflow as tf
 
-from benchmarks._report import machine_header, markdown_table, plot_path
+from benchmarks._report import benchmark_parser, machine_header, markdown_table, plot_path, save_figure
 from tfp_amortised.learner import AmortisedLearner
-from tfp_amortised.models.blowfly import MAX_DELAY, BlowflyModel, load_blowfly
+from tfp_amortised.models.blowfly import MAX_DELAY, BlowflyModel, BlowflySummaries, load_blowfly
 from tfp_amortised.ridge import KernelRidge
 
 matplotlib.use("Agg")
@@ -31,38 +29,12 @@ TRUTH = dict(growth=6.5, threshold=400., death=0.16, reproduction_scale=0.5, sur
 SCALARS = ("growth", "threshold", "death", "reproduction_scale", "survival_scale")
 
 
-def summary_statistics(log_counts):
-    """Features of log-count series `[B, T] -> [B, 29]`: mean, sd, autocorrelations at lags 1..22, mean absolute
-    and sd of first differences, 10/50/90% quantiles (in the spirit of Wood's (2010) summary statistics)."""
-    num_steps = log_counts.shape[-1]
-    centred = log_counts - tf.reduce_mean(log_counts, -1, keepdims=True)
-    variance = tf.reduce_mean(centred**2, -1, keepdims=True)
-    autocorrelations = [tf.reduce_mean(centred[:, k:] * centred[:, :num_steps - k], -1)
-                        for k in range(1, MAX_DELAY + 3)]
-    differences = log_counts[:, 1:] - log_counts[:, :-1]
-    ordered = tf.sort(log_counts, -1)
-    quantiles = [ordered[:, int(q * (num_steps - 1))] for q in (0.1, 0.5, 0.9)]
-    return tf.concat([tf.reduce_mean(log_counts, -1, keepdims=True), tf.sqrt(variance),
-                      tf.stack(autocorrelations, -1) / variance,
-                      tf.stack([tf.reduce_mean(tf.abs(differences), -1), tf.math.reduce_std(differences, -1)]
-                               + quantiles, -1)], -1)
-
-
-class SummaryRidge(KernelRidge):
-    """`KernelRidge` on standardised `summary_statistics` of the series: a stand-in for a `features=` hook."""
-
-    def call(self, sleep_x, query_x):
-        sleep_features = summary_statistics(sleep_x)
-        query_features = summary_statistics(tf.cast(query_x, sleep_x.dtype))
-        mean, scale = tf.reduce_mean(sleep_features, 0), tf.math.reduce_std(sleep_features, 0) + 1e-6
-        return super().call((sleep_features - mean) / scale, (query_features - mean) / scale)
-
-
 def fit(series, num_sleep, steps, seed, features=False):
-    """Fits a default-initialised `BlowflyModel` to log-count series `[M, 180]` (joint form, Adam 0.05)."""
+    """Fits a default-initialised `BlowflyModel` to log-count series `[M, 180]` (joint form, Adam 0.05); with
+    `features`, the kernel acts on the standardised `BlowflySummaries` of the series."""
     model = BlowflyModel()
-    learner = AmortisedLearner(model, num_sleep=num_sleep, form="joint", seed=seed,
-                               ridge=SummaryRidge() if features else None)
+    ridge = KernelRidge(features=BlowflySummaries(), standardise_features=True) if features else None
+    learner = AmortisedLearner(model, num_sleep=num_sleep, form="joint", seed=seed, ridge=ridge)
     learner.compile(optimizer=keras.optimizers.Adam(0.05))
     learner.fit(series, batch_size=series.shape[0], epochs=steps, verbose=0)
     return model
@@ -84,8 +56,7 @@ def series_statistics(log_counts):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer sleep samples, steps and seeds")
+    parser = benchmark_parser(__doc__, "fewer sleep samples, steps and seeds")
     parser.add_argument("--features", action="store_true", help="kernel on summary statistics of the series")
     args = parser.parse_args()
     num_sleep, steps, seeds = (300, 60, (0,)) if args.quick else (1000, 300, (0, 1))
@@ -135,8 +106,7 @@ def plot(real, simulations, path):
     axes[1].set_xlabel("time step")
     for axis in axes:
         axis.set_ylabel("adult flies")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path)
 
 
 if __name__ == "__main__":

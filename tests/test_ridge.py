@@ -1,12 +1,17 @@
-"""KernelRidge and its pure functions against NumPy kernel ridge regression."""
+"""KernelRidge and its pure functions against NumPy kernel ridge regression; kernels on features of the inputs."""
 
+import json
+
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_amortised import KernelRidge, median_bandwidth, ridge_weights
-from tfp_amortised.ridge import KERNELS
+from tfp_amortised.learner import AmortisedLearner
+from tfp_amortised.models import FactorAnalysisModel
+from tfp_amortised.ridge import KERNELS, SOLVERS, kernel_ridge_weights, standardise
 
 
 def _numpy_weights(kernel_name, sleep_x, query_x, bandwidth, ridge):
@@ -138,3 +143,162 @@ def test_median_bandwidth_of_discrete_data_stays_positive():
     assert float(median_bandwidth(tf.ones([50, 3]))) == 1.
     weights = KernelRidge()(x, x[:4])
     assert np.all(np.isfinite(weights))
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class LinearMap(keras.layers.Layer):
+    """`x -> x A + b` with `A: [D, F]` and `b: [F]` held in the config (no weights): a serialisable feature map."""
+
+    def __init__(self, matrix, offset, **kwargs):
+        super().__init__(**kwargs)
+        self.matrix, self.offset = np.asarray(matrix).tolist(), np.asarray(offset).tolist()
+
+    def call(self, x):
+        return tf.matmul(x, tf.constant(self.matrix, x.dtype)) + tf.constant(self.offset, x.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "matrix": self.matrix, "offset": self.offset}
+
+
+def _invertible_map(dim, seed):
+    """A random invertible `[dim, dim]` matrix whose columns differ in scale by up to 1e6, and an offset."""
+    rng = np.random.default_rng(seed)
+    matrix = np.linalg.qr(rng.normal(size=[dim, dim]))[0] * np.logspace(-3, 3, dim)
+    return LinearMap(matrix, 100. * rng.normal(size=dim), dtype="float64")
+
+
+@pytest.mark.parametrize("solver", sorted(SOLVERS))
+@pytest.mark.parametrize("num_query", [1, 6])
+def test_identity_features_give_the_plain_weights(solver, num_query):
+    rng = np.random.default_rng(4)
+    sleep_x, query_x = rng.normal(size=[40, 3]).astype(np.float32), rng.normal(size=[num_query, 3]).astype(np.float32)
+    plain = KernelRidge(solver=solver, num_features=64, num_inducing=16)(sleep_x, query_x)
+    for features in (keras.layers.Identity(), lambda x: x):
+        featured = KernelRidge(solver=solver, num_features=64, num_inducing=16, features=features)(sleep_x, query_x)
+        np.testing.assert_array_equal(featured, plain)  # the same float operations in the same order
+
+
+@pytest.mark.parametrize("num_query", [1, 6])
+def test_linear_features_then_standardisation_match_explicit_transform(num_query):
+    # Ground truth: the map x A + b and the standardisation by the sleep mean and (population) sd written out in
+    # NumPy, then the pure kernel_ridge_weights with the median bandwidth, in float64. The two paths differ only
+    # in float64 rounding: the smallest column (scale 1e-3) sits on an offset of ~100, so after centring it keeps
+    # ~1e-11 relative precision, which the Gram matrix and the solve (condition up to ~1 / ridge) amplify. Measured
+    # 5e-10 absolute on weights of order 1e-2: atol 1e-8.
+    rng = np.random.default_rng(5)
+    sleep_x, query_x = rng.normal(size=[60, 4]), rng.normal(size=[num_query, 4])
+    features = _invertible_map(4, seed=6)
+    layer = KernelRidge(ridge=1e-2, features=features, standardise_features=True, dtype="float64")
+    weights = layer(sleep_x, query_x)
+
+    matrix, offset = np.asarray(features.matrix), np.asarray(features.offset)
+    sleep_f, query_f = sleep_x @ matrix + offset, query_x @ matrix + offset
+    mean, sd = sleep_f.mean(0), sleep_f.std(0)
+    expected, bandwidth, _ = kernel_ridge_weights((sleep_f - mean) / sd, (query_f - mean) / sd, ridge=1e-2)
+    assert weights.shape == (num_query, 60)
+    np.testing.assert_allclose(weights, expected, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(layer.bandwidth, bandwidth, rtol=1e-8)
+    # The map matters: unstandardised, the largest column (scale 1e3) swamps the kernel and the weights change.
+    unstandardised = KernelRidge(ridge=1e-2, features=features, dtype="float64")(sleep_x, query_x)
+    assert np.max(np.abs(unstandardised - expected)) > 1e-2
+
+
+def test_standardisation_of_raw_observations_is_column_by_column():
+    # standardise_features without features rescales the observations themselves: columns at scales 1 and 1e4
+    # then give the same weights as the columns divided by their own sd (NumPy, float64; float64 rounding
+    # amplified by the solve, as above: atol 1e-8 on weights of order 0.1).
+    rng = np.random.default_rng(7)
+    sleep_x, query_x = rng.normal(size=[50, 2]) * [1., 1e4], rng.normal(size=[3, 2]) * [1., 1e4]
+    weights = KernelRidge(ridge=1e-2, standardise_features=True, dtype="float64")(sleep_x, query_x)
+    mean, sd = sleep_x.mean(0), sleep_x.std(0)
+    expected = kernel_ridge_weights((sleep_x - mean) / sd, (query_x - mean) / sd, ridge=1e-2)[0]
+    np.testing.assert_allclose(weights, expected, rtol=0, atol=1e-8)
+
+
+def test_standardise_leaves_a_constant_column_centred_not_scaled_by_rounding_noise():
+    # A float32 column equal to 1000.3 everywhere has a sleep sd of float rounding noise (or 0): it is centred
+    # only, not divided by that noise into O(1) values. The centring is exact up to the float32 rounding of the
+    # sum of 300 values near 3e5 (resolution 0.03, so ~1e-4 on the mean): atol 1e-3. The other column is standardised.
+    sleep_x = tf.stack([tf.fill([300], 1000.3), tf.random.stateless_normal([300], seed=[1, 1]) * 5. + 2.], -1)
+    sleep_s, query_s = standardise(sleep_x, tf.constant([[1000.3, 2.], [1001.3, 7.]]))
+    np.testing.assert_allclose(sleep_s[:, 0], 0., atol=1e-3)
+    np.testing.assert_allclose(query_s[:, 0], [0., 1.], atol=1e-3)
+    np.testing.assert_allclose([np.mean(sleep_s[:, 1]), np.std(sleep_s[:, 1])], [0., 1.], atol=1e-5)
+
+
+@pytest.mark.parametrize("num_sleep, num_query", [(2, 1), (17, 5), (300, 64)])
+@pytest.mark.parametrize("compile_mode", ["eager", "function", "xla"])
+def test_feature_shapes_for_several_batch_sizes(num_sleep, num_query, compile_mode):
+    # Features [B, 3] -> [B, 5] (not square); the tf.function has a static N (as the learner's sleep set) and an
+    # unknown number M of queries.
+    features = LinearMap(np.arange(15.).reshape(3, 5) / 10., np.zeros(5))
+    layer = KernelRidge(features=features, standardise_features=True)
+    sleep_x = tf.random.stateless_normal([num_sleep, 3], seed=[num_sleep, 1])
+    query_x = tf.random.stateless_normal([num_query, 3], seed=[num_query, 2])
+    sleep_f, query_f = layer.kernel_inputs(sleep_x, query_x)
+    assert sleep_f.shape == (num_sleep, 5) and query_f.shape == (num_query, 5)
+    call = layer.__call__ if compile_mode == "eager" else tf.function(
+        layer.__call__, jit_compile=compile_mode == "xla",
+        input_signature=[tf.TensorSpec([num_sleep, 3]), tf.TensorSpec([None, 3])])
+    weights = call(sleep_x, query_x)
+    assert weights.shape == (num_query, num_sleep)
+    assert np.all(np.isfinite(weights))
+
+
+@pytest.mark.parametrize("features, name, shape", [
+    (lambda x: tf.reduce_sum(x, -1), "<lambda>", r"\(10,\)"),
+    (keras.layers.Reshape((3, 1), name="to_rank_3"), "to_rank_3", r"\(10, 3, 1\)"),
+])
+def test_features_of_wrong_rank_are_named(features, name, shape):
+    with pytest.raises(ValueError, match=f"Received: features={name} returning shape {shape}"):
+        KernelRidge(features=features)(tf.zeros([10, 3]), tf.zeros([4, 3]))
+
+
+@pytest.mark.parametrize("arguments, error, message", [
+    ({"features": "summaries"}, TypeError, "Received: features of type str"),
+    ({"standardise_features": "yes"}, ValueError, "Received: standardise_features='yes'"),
+])
+def test_bad_feature_arguments(arguments, error, message):
+    with pytest.raises(error, match=message):
+        KernelRidge(**arguments)
+
+
+def test_config_round_trip_with_features():
+    layer = KernelRidge(kernel="matern52", features=_invertible_map(3, seed=8), standardise_features=True,
+                        dtype="float64")
+    config = json.loads(json.dumps(layer.get_config()))  # plain JSON
+    clone = KernelRidge.from_config(config)
+    assert isinstance(clone.features, LinearMap) and clone.standardise_features
+    np.testing.assert_array_equal(clone.features.matrix, layer.features.matrix)
+    sleep_x, query_x = np.random.default_rng(9).normal(size=[30, 3]), np.zeros([2, 3])
+    np.testing.assert_array_equal(clone(sleep_x, query_x), layer(sleep_x, query_x))
+
+
+def _featured_learner():
+    # A Dense feature map (weights fixed at their seeded initial values, not trained) between the observations
+    # and the kernel: its weights must be saved and restored with the learner's.
+    features = keras.layers.Dense(3, trainable=False, kernel_initializer=keras.initializers.GlorotNormal(seed=2))
+    learner = AmortisedLearner(FactorAnalysisModel(1, 2, seed=1), num_sleep=96, num_holdout=16, seed=3,
+                               ridge=KernelRidge(features=features, standardise_features=True))
+    learner.compile(optimizer=keras.optimizers.Adam(0.05))
+    return learner
+
+
+def test_learner_with_features_saves_and_continues_exactly(tmp_path):
+    """Fit 2 epochs, save to .keras, load, fit 1 more: the same weights as 3 uninterrupted epochs (as in
+    tests/test_saving.py), and the loaded feature map and ridge give the same weights as the saved ones."""
+    x = FactorAnalysisModel(1, 2, seed=1).joint_distribution().sample(128, seed=[1, 2])[1].numpy()
+    uninterrupted = _featured_learner()
+    uninterrupted.fit(x, batch_size=64, epochs=3, shuffle=False, verbose=0)
+    first = _featured_learner()
+    first.fit(x, batch_size=64, epochs=2, shuffle=False, verbose=0)
+    first.save(tmp_path / "learner.keras")
+    loaded = keras.models.load_model(tmp_path / "learner.keras")
+
+    assert isinstance(loaded.ridge.features, keras.layers.Dense) and loaded.ridge.standardise_features
+    for saved, restored in zip(first.variables, loaded.variables):
+        np.testing.assert_array_equal(restored.numpy(), saved.numpy())
+    np.testing.assert_array_equal(loaded.ridge(x[:96], x[96:]), first.ridge(x[:96], x[96:]))
+    loaded.fit(x, batch_size=64, epochs=1, shuffle=False, verbose=0)
+    for expected, resumed in zip(uninterrupted.trainable_variables, loaded.trainable_variables):
+        np.testing.assert_allclose(resumed.numpy(), expected.numpy(), atol=1e-6)  # float32 round-off

@@ -12,9 +12,10 @@ Endpoints (all `tf.function`s with input signatures):
     E[z | x] ~= sum_n alpha_n(x) z_n,      alpha(x) = (K + N lam I)^{-1} k(X, x),
 
 on a sleep set `(z_n, x_n)` drawn at export time and stored in the SavedModel (variable collection
-`sleep_set`), by a copy of the learner's `KernelRidge` (same kernel, solver and `lam`) whose bandwidth is frozen
-at its export-time value: the median heuristic on the stored set, or the fixed bandwidth. With the default
-Cholesky solver each call factorises the `N x N` Gram matrix, O(N^3 / 3).
+`sleep_set`), by a copy of the learner's `KernelRidge` (same kernel, solver, `lam` and feature map, the map shared
+with the learner) whose bandwidth is frozen at its export-time value: the median heuristic on the stored set's
+kernel inputs, or the fixed bandwidth. With the default Cholesky solver each call factorises the `N x N` Gram
+matrix, O(N^3 / 3).
 """
 
 import keras
@@ -54,7 +55,8 @@ def export_learner(learner, filepath, num_sleep=None, seed=(0, 0), verbose=False
     stored = {name: keras.Variable(value, trainable=False, name=f"sleep_{name}") for name, value in sleep_set.items()}
     frozen_ridge = KernelRidge.from_config({
         **learner.ridge.get_config(), "name": "frozen_ridge", "ridge": float(learner.ridge.ridge),
-        "bandwidth": float(_frozen_bandwidth(learner.ridge, sleep_set[learner.observed]))})
+        "bandwidth": float(_frozen_bandwidth(learner.ridge, sleep_set[learner.observed])),
+        "features": learner.ridge.features})
 
     def sample(num_samples, seed):
         joint = learner.joint_distribution()
@@ -81,10 +83,12 @@ def export_learner(learner, filepath, num_sleep=None, seed=(0, 0), verbose=False
 
 
 def _frozen_bandwidth(ridge, sleep_x):
-    """The bandwidth `posterior_mean` uses: the median heuristic on the stored sleep set, or the fixed one."""
+    """The bandwidth `posterior_mean` uses: the median heuristic on what the kernel sees of the stored sleep set
+    (`ridge.kernel_inputs`: its features, standardised if the ridge does so), or the fixed one."""
     if ridge.bandwidth_rule != "median":
         return ridge.bandwidth
-    return median_bandwidth(features(sleep_x), ridge.bandwidth_subsample)
+    sleep_inputs, _ = ridge.kernel_inputs(features(sleep_x), features(sleep_x[:1]))
+    return median_bandwidth(sleep_inputs, ridge.bandwidth_subsample)
 
 
 def _posterior_mean(ridge, sleep_set, observed, x):

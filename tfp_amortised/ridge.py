@@ -13,7 +13,9 @@ Three solvers, each a pure function `(kernel, sleep_x, query_x, ridge, ...) -> (
     random_features   k(x, y) ~ phi(x) . phi(y) with F random Fourier features; O(N F (D + F) + N M F)
     nystrom           k(x, y) ~ k(x, U) K_UU^{-1} k(U, y) on R inducing points; O(N R (D + R) + N M R)
 
-The two approximations are linear in N (time and memory) for a fixed wake batch M.
+The two approximations are linear in N (time and memory) for a fixed wake batch M. `KernelRidge` can put the
+kernel on features of the observations instead (`features=`, e.g. summary statistics of a series), each
+standardised by the sleep set (`standardise`).
 """
 
 import math
@@ -283,6 +285,28 @@ def kernel_ridge_weights(sleep_x, query_x, kernel="gaussian", bandwidth=None, ri
     return weights, bandwidth, jitter
 
 
+def standardise(sleep_x, query_x):
+    """Both sets standardised column by column by the sleep set's mean and standard deviation.
+
+    Each column `f` becomes `(x_f - mean_f) / sd_f` with `mean_f` and `sd_f` over the `N` sleep rows, so inputs
+    on very different scales (summary statistics of a series, say) weigh alike in a stationary kernel. A column
+    whose sleep standard deviation is below float resolution of its values (constant over the sleep set) is
+    centred only, not divided by rounding noise.
+
+    Args:
+      sleep_x: `Tensor[N, F]`.
+      query_x: `Tensor[M, F]`.
+
+    Returns:
+      `(Tensor[N, F], Tensor[M, F])`: the standardised sleep and query sets.
+    """
+    mean = tf.reduce_mean(sleep_x, axis=0)
+    sd = tf.math.reduce_std(sleep_x, axis=0)
+    resolution = 1e-6 * tf.sqrt(tf.reduce_mean(sleep_x**2, axis=0)) + np.finfo(np.float32).tiny
+    scale = tf.where(sd > resolution, sd, tf.ones_like(sd))
+    return (sleep_x - mean) / scale, (query_x - mean) / scale
+
+
 @keras.saving.register_keras_serializable(package="tfp_amortised")
 class KernelRidge(keras.layers.Layer):
     """Keras layer computing the kernel ridge regression weights of amortised learning.
@@ -292,6 +316,11 @@ class KernelRidge(keras.layers.Layer):
     median heuristic on a subsample of each sleep set (default) or a fixed value. The log bandwidth and the
     log ridge are non-trainable Keras weights: the first records the bandwidth used by the last call, so it
     can be logged, saved and restored.
+
+    The kernel acts on the observations themselves, or on `features` of them (summary statistics of a series,
+    an embedding) when that map is given: `k(phi(x), phi(y))`. With `standardise_features=True` each column of
+    what the kernel sees is standardised by the sleep set's mean and standard deviation (`standardise`), before
+    the median heuristic; both steps are recomputed from each call's sleep set, in TensorFlow.
 
     Input shape:
       `sleep_x: [N, D]` and `query_x: [M, D]`, with the same feature size `D` (flatten event dimensions first).
@@ -311,6 +340,14 @@ class KernelRidge(keras.layers.Layer):
       num_inducing: number of Nystrom inducing points (`solver="nystrom"`).
       seed: integer seed of the random Fourier frequencies; fixed, so every call uses the same frequencies
         (scaled by the current bandwidth).
+      features: None (default: the kernel acts on the observations), or a callable mapping observations
+        `[B, D]` to features `[B, F]` (row by row, for any `B`; `F` known statically), applied to the sleep and
+        query sets before standardisation, the median heuristic and the kernel. Pass a Keras layer registered
+        with `keras.saving.register_keras_serializable` for `get_config` and `.keras` saving to work. Its
+        weights, if any, are not trained by `AmortisedLearner` (the ridge weights are constants of the
+        gradient).
+      standardise_features: whether to standardise each column of the kernel's input (the features, or the
+        observations when `features` is None) by the sleep set's mean and standard deviation (`standardise`).
 
     #### Examples
 
@@ -319,6 +356,8 @@ class KernelRidge(keras.layers.Layer):
     alpha = ridge(sleep_x, wake_x)           # [M, N]
     posterior_mean = alpha @ sleep_z         # E[z | x_m] for every wake point
     fast = KernelRidge(solver="random_features", num_features=2048)  # for N = 50 000 sleep samples
+    # the kernel on standardised summary statistics (BlowflySummaries from tfp_amortised.models.blowfly)
+    summaries = KernelRidge(features=BlowflySummaries(), standardise_features=True)
     ```
 
     #### References
@@ -331,8 +370,16 @@ class KernelRidge(keras.layers.Layer):
     """
 
     def __init__(self, kernel="gaussian", bandwidth="median", ridge=DEFAULT_RIDGE, bandwidth_subsample=512,
-                 solver="cholesky", num_features=1024, num_inducing=512, seed=0, **kwargs):
+                 solver="cholesky", num_features=1024, num_inducing=512, seed=0, features=None,
+                 standardise_features=False, **kwargs):
         super().__init__(**kwargs)
+        if features is not None and not callable(features):
+            raise TypeError(f"features must be None or a callable mapping [B, D] to [B, F]. Received: features of "
+                            f"type {type(features).__name__}")
+        if not isinstance(standardise_features, bool):
+            raise ValueError(f"standardise_features must be True or False. "
+                             f"Received: standardise_features={standardise_features!r}")
+        self.features, self.standardise_features = features, standardise_features
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {sorted(KERNELS)}. Received: kernel={kernel!r}")
         if not (bandwidth == "median" or (isinstance(bandwidth, (int, float)) and bandwidth > 0)):
@@ -370,10 +417,37 @@ class KernelRidge(keras.layers.Layer):
         """Scalar `Tensor`: the regulariser `lam`."""
         return tf.exp(self.log_ridge)
 
-    def call(self, sleep_x, query_x):
+    def kernel_inputs(self, sleep_x, query_x):
+        """What the kernel compares: the observations, or their `features`, standardised if asked.
+
+        Args:
+          sleep_x: `[N, D]` sleep observations.
+          query_x: `[M, D]` query observations.
+
+        Returns:
+          `(Tensor[N, F], Tensor[M, F])` of the layer's compute dtype (`F = D` without `features`).
+        """
         sleep_x = _as_real(sleep_x, "sleep_x", self.compute_dtype)
         query_x = _as_real(query_x, "query_x", self.compute_dtype)
         _check_features(sleep_x, query_x)
+        if self.features is not None:
+            sleep_x, query_x = self._apply_features(sleep_x), self._apply_features(query_x)
+        if self.standardise_features:
+            sleep_x, query_x = standardise(sleep_x, query_x)
+        return sleep_x, query_x
+
+    def _apply_features(self, x):
+        """`features(x)`: `[B, D] -> [B, F]` in the compute dtype; a ValueError naming `features` otherwise."""
+        value = tf.cast(self.features(x), self.compute_dtype)
+        if value.shape.rank != 2 or not value.shape[:1].is_compatible_with(x.shape[:1]) or value.shape[1] is None:
+            name = getattr(self.features, "name", None) or getattr(self.features, "__name__", type(self.features))
+            raise ValueError(
+                "features must map observations of shape [B, D] to features of shape [B, F] (F known statically). "
+                f"Received: features={name!s} returning shape {value.shape} for input of shape {x.shape}")
+        return value
+
+    def call(self, sleep_x, query_x):
+        sleep_x, query_x = self.kernel_inputs(sleep_x, query_x)
         median = self.bandwidth_rule == "median"
         weights, bandwidth, jitter = kernel_ridge_weights(
             sleep_x, query_x, kernel=self.kernel_name,
@@ -407,7 +481,17 @@ class KernelRidge(keras.layers.Layer):
             "num_features": self.num_features,
             "num_inducing": self.num_inducing,
             "seed": self.seed,
+            "features": None if self.features is None else keras.saving.serialize_keras_object(self.features),
+            "standardise_features": self.standardise_features,
         }
+
+    @classmethod
+    def from_config(cls, config):
+        """Rebuilds the layer from `get_config()`; `features` may be serialised (a dict) or an object to share."""
+        config = dict(config)
+        if isinstance(config.get("features"), dict):
+            config["features"] = keras.saving.deserialize_keras_object(config["features"])
+        return cls(**config)
 
 
 def _as_real(value, argument, dtype):

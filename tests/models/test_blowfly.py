@@ -1,4 +1,5 @@
-"""BlowflyModel: data loading, the recursion against NumPy, closed-form moments, log-density, a short fit."""
+"""BlowflyModel: data loading, the recursion against NumPy, closed-form moments, log-density, a short fit;
+BlowflySummaries against NumPy and in a saved learner."""
 
 import math
 
@@ -8,7 +9,8 @@ import pytest
 import tensorflow as tf
 
 from tfp_amortised.learner import AmortisedLearner
-from tfp_amortised.models.blowfly import MAX_DELAY, BlowflyModel, load_blowfly
+from tfp_amortised.models.blowfly import MAX_DELAY, BlowflyModel, BlowflySummaries, load_blowfly
+from tfp_amortised.ridge import KernelRidge
 
 NODES = ("delay", "reproduction_noise", "survival_noise", "log_counts")
 
@@ -168,3 +170,72 @@ def test_short_fit_moves_growth_and_death_to_the_truth():
     learned = model.parameters()
     assert abs(float(learned["growth"]) - 6.5) < 0.25 * (12. - 6.5)
     assert abs(float(learned["death"]) - 0.16) < 0.25 * (0.4 - 0.16)
+
+
+def _numpy_summaries(y, max_lag):
+    """The statistics of `BlowflySummaries` for one series, by hand in float64."""
+    y = np.asarray(y, np.float64)
+    centred, num_steps = y - y.mean(), len(y)
+    variance = np.mean(centred**2)
+    acf = [np.sum(centred[k:] * centred[:num_steps - k]) / ((num_steps - k) * variance) for k in range(1, max_lag + 1)]
+    d = np.diff(y)
+    ordered = np.sort(y)
+    quantiles = [ordered[int(np.floor(q * (num_steps - 1)))] for q in (0.1, 0.5, 0.9)]
+    return np.array([y.mean(), np.sqrt(variance), *acf, np.mean(np.abs(d)), np.std(d), *quantiles])
+
+
+@pytest.mark.parametrize("sample_shape", [(3,), (2, 2)])
+def test_summaries_match_numpy(sample_shape):
+    # Simulated log series, T = 180, any leading shape. float32 sums of 180 terms of size ~10: rtol 1e-4, and
+    # atol 1e-4 for autocorrelations near 0.
+    series = BlowflyModel().joint_distribution().sample(sample_shape, seed=[6, 1]).log_counts
+    summaries = BlowflySummaries()(series)
+    assert summaries.shape == (*sample_shape, 29)
+    assert BlowflySummaries().compute_output_shape(series.shape) == (*sample_shape, 29)
+    expected = [_numpy_summaries(y, 22) for y in np.reshape(series, [-1, 180])]
+    np.testing.assert_allclose(np.reshape(summaries, [-1, 29]), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_summaries_of_a_known_series():
+    # A permutation of 0..T-1 has mean (T - 1) / 2, sd sqrt((T^2 - 1) / 12) and order statistics
+    # floor(q (T - 1)); a period-19 cosine has its largest autocorrelation at lag 19. A constant series has
+    # autocorrelations 0, not NaN. Exact up to float32 rounding: rtol 1e-5.
+    num_steps = 60
+    permutation = np.random.default_rng(0).permutation(num_steps).astype(np.float32)
+    stats = BlowflySummaries(max_lag=20)(permutation[None])[0].numpy()
+    np.testing.assert_allclose(stats[:2], [(num_steps - 1) / 2, np.sqrt((num_steps**2 - 1) / 12)], rtol=1e-5)
+    np.testing.assert_allclose(stats[-3:], np.floor(np.array([0.1, 0.5, 0.9]) * (num_steps - 1)), rtol=1e-5)
+    cosine = np.cos(2. * np.pi * np.arange(num_steps) / 19.).astype(np.float32)
+    assert np.argmax(BlowflySummaries(max_lag=25)(cosine[None])[0, 2:27]) + 1 == 19
+    constant = BlowflySummaries(max_lag=5)(tf.fill([2, 10], 7.)).numpy()
+    np.testing.assert_array_equal(constant[:, 2:7], 0.)
+    np.testing.assert_allclose(constant[:, [0, -1]], 7., rtol=1e-6)
+
+
+def test_summaries_config_and_errors():
+    assert BlowflySummaries.from_config(BlowflySummaries(max_lag=7).get_config()).max_lag == 7
+    with pytest.raises(ValueError, match="Received: max_lag=0"):
+        BlowflySummaries(max_lag=0)
+    with pytest.raises(ValueError, match=r"Received: log_counts.shape=\(4, 10\)"):
+        BlowflySummaries(max_lag=10)(tf.zeros([4, 10]))
+
+
+def test_learner_with_summary_kernel_saves_and_loads(tmp_path):
+    """A learner whose ridge acts on standardised BlowflySummaries: the .keras file restores its weights and
+    ridge exactly, and the ridge sees 7 + max_lag standardised statistics."""
+    ridge = KernelRidge(features=BlowflySummaries(max_lag=5), standardise_features=True)
+    learner = AmortisedLearner(BlowflyModel(num_steps=30), num_sleep=64, num_holdout=8, seed=2, ridge=ridge)
+    learner.compile(optimizer=keras.optimizers.Adam(0.05))
+    series = BlowflyModel(num_steps=30).joint_distribution().sample(4, seed=[3, 3]).log_counts.numpy()
+    learner.fit(series, batch_size=4, epochs=2, verbose=0)
+    learner.save(tmp_path / "learner.keras")
+    loaded = keras.models.load_model(tmp_path / "learner.keras")
+
+    assert isinstance(loaded.ridge.features, BlowflySummaries) and loaded.ridge.features.max_lag == 5
+    for saved, restored in zip(learner.variables, loaded.variables):
+        np.testing.assert_array_equal(restored.numpy(), saved.numpy())
+    sleep_x = learner.sample(64, seed=[4, 4])["log_counts"]
+    np.testing.assert_array_equal(loaded.ridge(sleep_x, series), learner.ridge(sleep_x, series))
+    sleep_features, _ = loaded.ridge.kernel_inputs(sleep_x, series)
+    assert sleep_features.shape == (64, 12)
+    np.testing.assert_allclose(np.std(sleep_features, 0), 1., rtol=1e-4)  # float32 standardisation

@@ -124,6 +124,88 @@ class _DelayedLogCounts(tfd.Distribution):
 
 
 @keras.saving.register_keras_serializable(package="tfp_amortised")
+class BlowflySummaries(keras.layers.Layer):
+    """Summary statistics of log-count series, the regression input of `KernelRidge(features=...)` for blowflies.
+
+    For a series `y_1..y_T` (log counts), with `ybar` its mean, `s^2 = mean_t (y_t - ybar)^2` and first
+    differences `d_t = y_{t+1} - y_t`, the features are, in this order (`7 + max_lag` of them, 29 by default):
+
+        mean            ybar                                              level
+        sd              s                                                 spread
+        acf_k           sum_{t > k} (y_t - ybar)(y_{t-k} - ybar) / ((T - k) s^2),   k = 1..max_lag
+                                                                          the cycle: its length and regularity
+        mean |d|        mean_t |d_t|                                      roughness
+        sd of d         sd_t d_t                                          step size
+        q10, q50, q90   the 10%, 50% and 90% order statistics y_(floor(q (T - 1)) + 1)
+                                                                          shape of the marginal distribution
+
+    The default `max_lag = 22` spans the largest delay of `BlowflyModel` (20) and the ~19-step cycle of
+    Nicholson's series. A constant series has autocorrelations 0 (not NaN). The statistics differ in scale by
+    orders of magnitude: use them with `standardise_features=True`.
+
+    They are in the spirit of the summary statistics of Wood's (2010) synthetic likelihood for this model, not
+    his exact set. Using them as the regression input is our choice: we could not read the paper's setting, and
+    the authors' public code (as read in benchmarks/RESULTS.md) puts its kernel on the raw normalised series.
+    benchmarks/RESULTS.md compares the two inputs (`python -m benchmarks.blowfly` with and without `--features`).
+
+    Input shape:
+      `[..., T]` log-count series (any leading dimensions; `T > max_lag`, known statically).
+
+    Output shape:
+      `[..., 7 + max_lag]`.
+
+    Args:
+      max_lag: the largest autocorrelation lag, an integer in `1..T - 1`.
+
+    #### Examples
+
+    ```python
+    ridge = KernelRidge(features=BlowflySummaries(), standardise_features=True)
+    learner = AmortisedLearner(BlowflyModel(), num_sleep=1000, ridge=ridge)
+    ```
+
+    #### References
+
+    [1] Simon N. Wood. Statistical inference for noisy nonlinear ecological dynamic systems. Nature,
+        466:1102-1104, 2010.
+    [2] Li K. Wenliang, Theodore Moskovitz, Heishiro Kanagawa, Maneesh Sahani. Amortised Learning by
+        Wake-Sleep. ICML 2020.
+    """
+
+    QUANTILES = (0.1, 0.5, 0.9)
+
+    def __init__(self, max_lag=MAX_DELAY + 2, **kwargs):
+        super().__init__(**kwargs)
+        if not (isinstance(max_lag, int) and max_lag >= 1):
+            raise ValueError(f"max_lag must be a positive integer. Received: max_lag={max_lag!r}")
+        self.max_lag = max_lag
+        self.built = True
+
+    def call(self, log_counts):
+        num_steps = log_counts.shape[-1]
+        if num_steps is None or num_steps <= self.max_lag:
+            raise ValueError(f"BlowflySummaries(max_lag={self.max_lag}) needs series of a static length T > "
+                             f"max_lag. Received: log_counts.shape={log_counts.shape}")
+        mean = tf.reduce_mean(log_counts, -1)
+        centred = log_counts - mean[..., tf.newaxis]
+        variance = tf.reduce_mean(centred**2, -1)
+        autocorrelations = tf.stack(
+            [tf.math.divide_no_nan(tf.reduce_mean(centred[..., k:] * centred[..., :num_steps - k], -1), variance)
+             for k in range(1, self.max_lag + 1)], -1)
+        differences = log_counts[..., 1:] - log_counts[..., :-1]
+        ordered = tf.sort(log_counts, -1)
+        quantiles = [ordered[..., int(q * (num_steps - 1))] for q in self.QUANTILES]
+        return tf.concat([tf.stack([mean, tf.sqrt(variance)], -1), autocorrelations, tf.stack(
+            [tf.reduce_mean(tf.abs(differences), -1), tf.math.reduce_std(differences, -1)] + quantiles, -1)], -1)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], 2 + self.max_lag + 2 + len(self.QUANTILES))
+
+    def get_config(self):
+        return {**super().get_config(), "max_lag": self.max_lag}
+
+
+@keras.saving.register_keras_serializable(package="tfp_amortised")
 class BlowflyModel(GenerativeModel):
     """Blowfly population dynamics with a random discrete delay (Wood, 2010; Wenliang et al., 2020).
 
@@ -138,9 +220,10 @@ class BlowflyModel(GenerativeModel):
     for `t = 1..T`, with the history `x_t = initial_count` for `t <= 0`. The model is the same as observing
     `x_t ~ LogNormal(log z_t, sigma_n^2)` up to the Jacobian `-sum_t y_t`, which does not depend on the
     parameters; the log scale is observed because counts span two orders of magnitude and the kernel ridge
-    regression of the estimator compares whole series with a Gaussian kernel. `log p(y | tau, e, eps)` has
-    no recursion (the mean of `y_t` uses observed past values), so the conditional form of the estimator
-    broadcasts latents `[1, N, ...]` against series `[M, 1, T]`; sampling runs the recursion with `tf.scan`.
+    regression of the estimator compares whole series (or their `BlowflySummaries`) with a Gaussian kernel.
+    `log p(y | tau, e, eps)` has no recursion (the mean of `y_t` uses observed past values), so the conditional
+    form of the estimator broadcasts latents `[1, N, ...]` against series `[M, 1, T]`; sampling runs the
+    recursion with `tf.scan`.
     Both estimator forms are supported; the conditional one costs `M N` series log-densities (with a
     `[M, N, 20, T]` intermediate) against `N` for the joint one, which is what `benchmarks/blowfly.py` uses.
 
