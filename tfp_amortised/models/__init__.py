@@ -1,23 +1,31 @@
 """Example generative models, each a `GenerativeModel` with its JointDistribution and, where exact, log p(x)."""
 
 from tfp_amortised.models.binary_factor import BinaryFactorModel
-from tfp_amortised.models.blowfly import BlowflyModel, load_blowfly
+from tfp_amortised.models.blowfly import BlowflyModel, BlowflySummaries, load_blowfly
 from tfp_amortised.models.circle import CircleModel
 from tfp_amortised.models.factor_analysis import FactorAnalysisModel
 from tfp_amortised.models.gaussian_mixture import GaussianMixtureModel
 from tfp_amortised.models.hierarchical import HierarchicalPoissonModel
 from tfp_amortised.models.ica import IndependentComponentsModel, amari_index
+from tfp_amortised.models.image_decoder import (ImageDecoderModel, frechet_distance, load_digits, load_mnist,
+                                                 pca_features)
 from tfp_amortised.models.softplus import SoftplusGaussianModel
 
 __all__ = [
     "BinaryFactorModel",
     "BlowflyModel",
+    "BlowflySummaries",
     "CircleModel",
     "FactorAnalysisModel",
     "GaussianMixtureModel",
     "HierarchicalPoissonModel",
+    "ImageDecoderModel",
     "IndependentComponentsModel",
     "SoftplusGaussianModel",
     "amari_index",
+    "frechet_distance",
     "load_blowfly",
+    "load_digits",
+    "load_mnist",
+    "pca_features",
 ]
