@@ -28,3 +28,30 @@ def test_usage_example_trains_and_answers():
     namespace.update(model=namespace["learner"].generative_model, x_batch=namespace["x_test"][:8])
     exec(estimator.replace("num_sleep=2000", "num_sleep=200"), namespace)  # pylint: disable=exec-used
     assert [g.shape for g in namespace["per_point"]] == [[8, 3], [8, 3, 2]]
+
+
+def _block_containing(text):
+    return next(block for block in _python_blocks() if text in block)
+
+
+def test_image_generation_example_learns_digits():
+    block = _block_containing("load_digits()").replace("epochs=10", "epochs=4").replace(
+        "print(frechet_distance", "distance = (frechet_distance")
+    namespace = {}
+    exec(block, namespace)  # pylint: disable=exec-used
+    untrained = namespace["ImageDecoderModel"]((8, 8), latent_dim=8, hidden_units=(64, 128), seed=0)
+    features = namespace["pca_features"]
+    baseline = namespace["frechet_distance"](features(untrained.decode(tf.random.stateless_normal([1000, 8], [0, 1])),
+                                                      namespace["train"], 16),
+                                             features(namespace["test"], namespace["train"], 16))
+    # Measured: 4.8 untrained, about 1 after 4 epochs (0.75 after 10); the training digits themselves score 0.11.
+    assert float(namespace["distance"]) < 0.4 * float(baseline)
+
+
+def test_feature_ridge_example_builds_a_learner_on_summary_statistics():
+    namespace = {}
+    exec(_block_containing("BlowflySummaries()"), namespace)  # pylint: disable=exec-used
+    ridge, series = namespace["ridge"], tf.random.stateless_normal([6, 180], [0, 2]) + 5.
+    weights = ridge(series, series[:2])
+    assert weights.shape == [2, 6]
+    assert ridge.kernel_inputs(series, series[:2])[0].shape == [6, 29]

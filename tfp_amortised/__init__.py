@@ -7,11 +7,13 @@ of the log marginal likelihood.
 
 from tfp_amortised.estimator import sleep, surrogate_log_marginal, weighted_log_joint
 from tfp_amortised.generative import GenerativeModel
+from tfp_amortised.learner import AmortisedLearner
 from tfp_amortised.ridge import KernelRidge, median_bandwidth, ridge_weights
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AmortisedLearner",
     "GenerativeModel",
     "KernelRidge",
     "median_bandwidth",
