@@ -5,7 +5,7 @@ kernel ridge regression on samples of the model itself turns the log-joint into 
 of the log marginal likelihood.
 """
 
-from tfp_amortised.estimator import sleep, surrogate_log_marginal, weighted_log_joint
+from tfp_amortised.estimator import ridge_expectation, sleep, surrogate_log_marginal, weighted_log_joint
 from tfp_amortised.generative import GenerativeModel
 from tfp_amortised.learner import AmortisedLearner
 from tfp_amortised.ridge import KernelRidge, median_bandwidth, ridge_weights
@@ -17,6 +17,7 @@ __all__ = [
     "GenerativeModel",
     "KernelRidge",
     "median_bandwidth",
+    "ridge_expectation",
     "ridge_weights",
     "sleep",
     "surrogate_log_marginal",

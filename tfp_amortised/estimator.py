@@ -153,6 +153,25 @@ def check_wake_x(wake_x, sleep_x, observed):
     return wake_x
 
 
+def ridge_expectation(sleep_x, query_x, values, ridge=None):
+    """Kernel ridge estimate of `E[values | x]` at each query: `sum_n alpha_n(x_m) values_n`.
+
+    With sleep pairs `(z_n, x_n) ~ p` and `values_n = f(z_n)`, this estimates the posterior expectation
+    `E[f(z) | x_m]` with no encoder (Wenliang et al., ICML 2020).
+
+    Args:
+      sleep_x: `Tensor[N, D]` flattened sleep observations (or any features of them).
+      query_x: `Tensor[M, D]` the same features of the query points.
+      values: `Tensor[N, ...]` one target per sleep sample.
+      ridge: a `KernelRidge` layer, or None for the default kernel ridge weights (`kernel_ridge_weights`).
+
+    Returns:
+      `Tensor[M, ...]`.
+    """
+    weights = _weights(ridge, sleep_x, query_x)  # [M, N]
+    return tf.tensordot(weights, tf.cast(values, weights.dtype), axes=1)
+
+
 def _weights(ridge, sleep_x, query_x):
     """`ridge(sleep_x, query_x)`, or the default kernel ridge weights `[M, N]` when `ridge` is None."""
     if ridge is not None:

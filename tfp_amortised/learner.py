@@ -5,7 +5,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfp_amortised import _joint, distributed
-from tfp_amortised.estimator import _check_form, _check_num_sleep, check_wake_x, sleep, weighted_log_joint
+from tfp_amortised.estimator import (_check_form, _check_num_sleep, check_wake_x, ridge_expectation, sleep,
+                                     weighted_log_joint)
 from tfp_amortised.export import export_learner, features
 from tfp_amortised.ridge import KernelRidge
 
@@ -107,9 +108,7 @@ class AmortisedLearner(keras.Model):
         """
         sample = self.sample(num_sleep or self.num_sleep, seed)
         x = check_wake_x(x, sample[self.observed], self.observed)
-        weights = self._ridge_weights(sample[self.observed], x)
-        values = tf.convert_to_tensor(fn(sample))
-        return tf.tensordot(weights, tf.cast(values, weights.dtype), axes=1)
+        return ridge_expectation(features(sample[self.observed]), features(x), fn(sample), self.ridge)
 
     def train_step(self, data):
         wake_x = _wake_batch(data)

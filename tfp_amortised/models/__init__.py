@@ -9,6 +9,8 @@ from tfp_amortised.models.hierarchical import HierarchicalPoissonModel
 from tfp_amortised.models.ica import IndependentComponentsModel, amari_index
 from tfp_amortised.models.image_decoder import (ImageDecoderModel, frechet_distance, load_digits, load_mnist,
                                                  pca_features)
+from tfp_amortised.models.neural_process import (NeuralProcessModel, predict_from_context, sine_functions,
+                                                  sine_posterior_mean)
 from tfp_amortised.models.softplus import SoftplusGaussianModel
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "HierarchicalPoissonModel",
     "ImageDecoderModel",
     "IndependentComponentsModel",
+    "NeuralProcessModel",
     "SoftplusGaussianModel",
     "amari_index",
     "frechet_distance",
@@ -28,4 +31,7 @@ __all__ = [
     "load_digits",
     "load_mnist",
     "pca_features",
+    "predict_from_context",
+    "sine_functions",
+    "sine_posterior_mean",
 ]

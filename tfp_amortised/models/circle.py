@@ -205,7 +205,3 @@ def kuiper_test(angles, num_terms=100):
     series = 2. * tf.reduce_sum((4. * j2 * lam**2 - 1.) * tf.exp(-2. * j2 * lam**2))
     p_value = tf.where(lam < 0.4, 1., tf.clip_by_value(series, 0., 1.))
     return statistic, p_value
-
-
-def _initializer(seed, index):
-    return keras.initializers.GlorotUniform(seed=None if seed is None else seed + index)
