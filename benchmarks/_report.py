@@ -61,3 +61,14 @@ def benchmark_parser(doc, quick_help):
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=quick_help)
     return parser
+
+
+class EpochRecorder(keras.callbacks.Callback):
+    """Records `fn()` before training and after every epoch, in the list `values`."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn, self.values = fn, [fn()]
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.values.append(self.fn())

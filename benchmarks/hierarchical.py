@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 from scipy.optimize import minimize
 
-from benchmarks._report import benchmark_parser, machine_header, markdown_table, plot_path, save_figure
+from benchmarks._report import EpochRecorder, benchmark_parser, machine_header, markdown_table, plot_path, save_figure
 from tfp_amortised.learner import AmortisedLearner
 from tfp_amortised.models.hierarchical import HierarchicalPoissonModel
 from tfp_amortised.ridge import KernelRidge
@@ -87,18 +87,6 @@ def exact_maximum_likelihood(x):
     return model
 
 
-class ParameterPath(keras.callbacks.Callback):
-    """Records `(alpha, beta)` before training and after every epoch."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model_under_test = model
-        self.path = [parameters(model)[:2]]
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.path.append(parameters(self.model_under_test)[:2])
-
-
 def train(x_train, num_sleep, ridge, seed, epochs):
     """Amortised learning from `alpha = beta = 1`; returns `(model, path [epochs + 1, 2], CPU seconds)`."""
     keras.utils.set_random_seed(seed)
@@ -106,10 +94,10 @@ def train(x_train, num_sleep, ridge, seed, epochs):
     learner = AmortisedLearner(model, num_sleep=num_sleep, form="conditional", ridge=ridge, num_holdout=0,
                                seed=seed)
     learner.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE))
-    recorder = ParameterPath(model)
+    recorder = EpochRecorder(lambda: parameters(model)[:2])
     start = time.process_time()
     learner.fit(x_train, batch_size=BATCH_SIZE, epochs=epochs, callbacks=[recorder], verbose=0)
-    return model, np.array(recorder.path), time.process_time() - start
+    return model, np.array(recorder.values), time.process_time() - start
 
 
 def run_setting(setting, seeds, sleep_sizes, epochs):

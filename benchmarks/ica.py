@@ -32,7 +32,7 @@ import numpy as np
 from scipy.special import logsumexp
 from sklearn.decomposition import FastICA
 
-from benchmarks._report import benchmark_parser, machine_header, markdown_table, plot_path, save_figure
+from benchmarks._report import EpochRecorder, benchmark_parser, machine_header, markdown_table, plot_path, save_figure
 from tfp_amortised.baselines import MeanFieldEncoder, VariationalLearner
 from tfp_amortised.learner import AmortisedLearner
 from tfp_amortised.models.ica import IndependentComponentsModel, amari_index
@@ -107,18 +107,6 @@ def fast_ica(x, seed):
     return estimator.mixing_ / np.sqrt(LAPLACE_VARIANCE)
 
 
-class AmariCurve(keras.callbacks.Callback):
-    """Records the Amari index of the model's mixing matrix to the truth before training and after every epoch."""
-
-    def __init__(self, model, truth):
-        super().__init__()
-        self.model_under_test, self.truth = model, truth
-        self.curve = [amari_index(model.mixing.numpy(), truth)]
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.curve.append(amari_index(self.model_under_test.mixing.numpy(), self.truth))
-
-
 def train(method, x_train, seed, epochs, num_sleep=None):
     """Trains a fresh model by `method` ("joint", "conditional" or "vae"); returns `(model, curve, CPU s)`."""
     keras.utils.set_random_seed(seed)
@@ -130,10 +118,11 @@ def train(method, x_train, seed, epochs, num_sleep=None):
     else:
         learner = AmortisedLearner(model, num_sleep=num_sleep, form=method, num_holdout=0, seed=seed)
     learner.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE))
-    recorder = AmariCurve(model, true_mixing(num_sources))
+    truth = true_mixing(num_sources)
+    recorder = EpochRecorder(lambda: amari_index(model.mixing.numpy(), truth))
     start = time.process_time()
     learner.fit(x_train, batch_size=BATCH_SIZE, epochs=epochs, callbacks=[recorder], verbose=0)
-    return model, np.array(recorder.curve), time.process_time() - start
+    return model, np.array(recorder.values), time.process_time() - start
 
 
 def run_size(num_sources, seeds, sleep_sizes, epochs):
