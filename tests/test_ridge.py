@@ -58,6 +58,9 @@ def test_median_bandwidth_matches_numpy(num_points):
     square_distances = ((x[:half, None] - x[None, half:2 * half])**2).sum(-1)
     # The square root of the median squared distance: the median distance, midpoint-interpolated in squares.
     np.testing.assert_allclose(median_bandwidth(x), np.sqrt(np.median(square_distances)), rtol=1e-4)
+    # The same when the number of rows is unknown until the graph runs.
+    unknown_rows = tf.function(median_bandwidth, input_signature=[tf.TensorSpec([None, 4], tf.float32)])
+    np.testing.assert_allclose(unknown_rows(x), np.sqrt(np.median(square_distances)), rtol=1e-4)
 
 
 def test_median_bandwidth_tracks_scale():

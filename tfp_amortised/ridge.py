@@ -62,7 +62,10 @@ def median_bandwidth(x, max_points=512):
     Returns:
       Scalar `Tensor`: the median Euclidean distance (or its fallback), always positive.
     """
-    half = min(max_points, x.shape[0]) // 2 if x.shape[0] is not None else max_points // 2
+    if x.shape[0] is not None:
+        half = min(max_points, x.shape[0]) // 2
+    else:  # the number of rows is known only when the graph runs
+        half = tf.minimum(max_points, tf.shape(x)[0]) // 2
     first, second = x[:half], x[half:2 * half]
     square_distance = tf.maximum(tf.reduce_sum(first**2, -1)[:, None] + tf.reduce_sum(second**2, -1)[None, :]
                                  - 2. * tf.matmul(first, second, transpose_b=True), 0.)
