@@ -42,7 +42,8 @@ from tfp_amortised.generative import GenerativeModel
 from tfp_amortised.learner import AmortisedLearner
 from tfp_amortised.models.circle import CircleModel
 from tfp_amortised.models.softplus import SoftplusGaussianModel
-from tfp_amortised.ridge import KERNELS, SOLVERS, KernelRidge, median_bandwidth
+from tfp_amortised.ridge import KERNELS, KernelRidge, median_bandwidth
+from tfp_amortised.solvers import SOLVERS
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

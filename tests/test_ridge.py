@@ -11,7 +11,8 @@ import tensorflow_probability as tfp
 from tfp_amortised import KernelRidge, median_bandwidth, ridge_weights
 from tfp_amortised.learner import AmortisedLearner
 from tfp_amortised.models import FactorAnalysisModel
-from tfp_amortised.ridge import KERNELS, SOLVERS, kernel_ridge_weights, standardise
+from tfp_amortised.ridge import KERNELS, kernel_ridge_weights, standardise
+from tfp_amortised.solvers import SOLVERS
 
 
 def _numpy_weights(kernel_name, sleep_x, query_x, bandwidth, ridge):

@@ -8,7 +8,8 @@ of the log marginal likelihood.
 from tfp_amortised.estimator import ridge_expectation, sleep, surrogate_log_marginal, weighted_log_joint
 from tfp_amortised.generative import GenerativeModel
 from tfp_amortised.learner import AmortisedLearner
-from tfp_amortised.ridge import KernelRidge, median_bandwidth, ridge_weights
+from tfp_amortised.ridge import KernelRidge, median_bandwidth
+from tfp_amortised.solvers import ridge_weights
 
 __version__ = "0.1.0"
 

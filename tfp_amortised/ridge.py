@@ -5,17 +5,10 @@ Kernel ridge regression of any target `t_n` on sleep observations `x_n` predicts
     f(x) = sum_n alpha_n(x) t_n,    alpha(x) = (K + N lam I)^{-1} k(X, x),    K_ij = k(x_i, x_j).
 
 The weights depend on the sleep and query observations only, so one Cholesky factor of `K + N lam I` serves
-every target: the log-joint, functions of the latents, or held-out diagnostics.
-
-Three solvers, each a pure function `(kernel, sleep_x, query_x, ridge, ...) -> (weights [M, N], jitter)`:
-
-    cholesky          exact; O(N^2 D) Gram, O(N^3 / 3) Cholesky, O(N^2 M) solve, O(N^2) memory
-    random_features   k(x, y) ~ phi(x) . phi(y) with F random Fourier features; O(N F (D + F) + N M F)
-    nystrom           k(x, y) ~ k(x, U) K_UU^{-1} k(U, y) on R inducing points; O(N R (D + R) + N M R)
-
-The two approximations are linear in N (time and memory) for a fixed wake batch M. `KernelRidge` can put the
-kernel on features of the observations instead (`features=`, e.g. summary statistics of a series), each
-standardised by the sleep set (`standardise`).
+every target: the log-joint, functions of the latents, or held-out diagnostics. This module holds the Keras
+layer `KernelRidge`, its whole computation as a pure function (`kernel_ridge_weights`: centring, the median
+heuristic bandwidth, the kernel and a solver from `tfp_amortised.solvers`), and `standardise` for kernels on
+features of the observations (`features=`, e.g. summary statistics of a series).
 """
 
 import math
@@ -24,6 +17,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
+
+from tfp_amortised.solvers import SOLVERS
 
 psd_kernels = tfp.math.psd_kernels
 
@@ -35,14 +30,6 @@ KERNELS = {
 }
 
 DEFAULT_RIDGE = 1e-3
-
-# Degrees of freedom 2 nu of the Student-t spectral density of each Matern kernel; None for the Gaussian one.
-_DEGREES_OF_FREEDOM = {
-    psd_kernels.ExponentiatedQuadratic: None,
-    psd_kernels.MaternOneHalf: 1,
-    psd_kernels.MaternThreeHalves: 3,
-    psd_kernels.MaternFiveHalves: 5,
-}
 
 
 def median_bandwidth(x, max_points=512):
@@ -75,186 +62,6 @@ def median_bandwidth(x, max_points=512):
     resolution = 1e-6 * tf.reduce_mean(tf.reduce_sum(x**2, -1)) + np.finfo(np.float32).tiny
     fallback = tf.where(mean > resolution, mean, tf.ones_like(mean))
     return tf.sqrt(tf.where(median > resolution, median, fallback))
-
-
-def ridge_weights(kernel, sleep_x, query_x, ridge):
-    """Kernel ridge weights `alpha = (K + N ridge I)^{-1} k(X, x)`, transposed to one row per query.
-
-    The factorisation is TFP's retrying Cholesky: a matrix that is not numerically positive definite is
-    retried with growing diagonal jitter, and the jitter used is returned.
-
-    Args:
-      kernel: a `tfp.math.psd_kernels.PositiveSemidefiniteKernel` with one feature dimension.
-      sleep_x: `Tensor[N, D]`, the regression inputs (sleep observations).
-      query_x: `Tensor[M, D]`, the points where the regression is evaluated (wake observations).
-      ridge: scalar `lam > 0`; the Gram matrix is regularised by `N lam`.
-
-    Returns:
-      weights: `Tensor[M, N]`; `weights @ t` is the ridge prediction at each query for targets `t: [N, ...]`.
-      jitter: scalar `Tensor`, the diagonal shift the Cholesky needed beyond `N ridge` (0 when none).
-    """
-    return _cholesky_weights(kernel.matrix(sleep_x, sleep_x), kernel.matrix(sleep_x, query_x), ridge)
-
-
-def _cholesky_weights(gram, cross, ridge):
-    """`(gram + N ridge I)^{-1} cross`, transposed, and the jitter: `gram: [N, N]`, `cross: [N, M]` -> `[M, N]`."""
-    num_sleep = tf.cast(tf.shape(gram)[0], gram.dtype)
-    gram = tf.linalg.set_diag(gram, tf.linalg.diag_part(gram) + num_sleep * ridge)
-    chol, jitter = tfp.experimental.distributions.marginal_fns.retrying_cholesky(gram)
-    return tf.transpose(tf.linalg.cholesky_solve(chol, cross)), jitter
-
-
-def feature_ridge_weights(sleep_features, query_features, ridge):
-    """Ridge weights for a kernel that is an inner product of `F` features, `k(x, y) = phi(x) . phi(y)`.
-
-    With `Phi = phi(X): [N, F]`, the push-through identity `(Phi Phi^T + N lam I)^{-1} Phi =
-    Phi (Phi^T Phi + N lam I)^{-1}` turns the `N x N` system into an `F x F` one:
-
-        alpha(x) = Phi (Phi^T Phi + N lam I_F)^{-1} phi(x).
-
-    Cost O(N F^2 + F^3 / 3 + N M F): linear in `N`. When `F > N` (known statically) the `N x N` system
-    `alpha(x) = (Phi Phi^T + N lam I)^{-1} Phi phi(x)` is the smaller one, and is solved instead.
-
-    Args:
-      sleep_features: `Tensor[N, F]`, the features `phi(x_n)` of the sleep observations.
-      query_features: `Tensor[M, F]`, the features of the query points.
-      ridge: scalar `lam > 0`.
-
-    Returns:
-      weights: `Tensor[M, N]`.
-      jitter: scalar `Tensor`, the diagonal shift the Cholesky needed beyond `N ridge`.
-    """
-    num_sleep, num_features = sleep_features.shape[0], sleep_features.shape[-1]
-    if num_sleep is not None and num_features is not None and num_features > num_sleep:
-        gram = tf.matmul(sleep_features, sleep_features, transpose_b=True)
-        cross = tf.matmul(sleep_features, query_features, transpose_b=True)
-        return _cholesky_weights(gram, cross, ridge)
-    num_sleep = tf.cast(tf.shape(sleep_features)[0], sleep_features.dtype)
-    precision = tf.matmul(sleep_features, sleep_features, transpose_a=True)  # [F, F]
-    precision = tf.linalg.set_diag(precision, tf.linalg.diag_part(precision) + num_sleep * ridge)
-    chol, jitter = tfp.experimental.distributions.marginal_fns.retrying_cholesky(precision)
-    coefficients = tf.linalg.cholesky_solve(chol, tf.transpose(query_features))  # [F, M]
-    return tf.matmul(coefficients, sleep_features, transpose_a=True, transpose_b=True), jitter
-
-
-def fourier_frequencies(kernel, dim, num_frequencies, seed, dtype=tf.float32):
-    """Frequencies `omega: [D, num_frequencies]` drawn from the spectral density of a stationary kernel.
-
-    Bochner's theorem: `k(x - y) = E_omega[cos(omega . (x - y))]` with `omega` drawn from the kernel's
-    normalised spectral density (Rahimi and Recht, 2007). For the length scale `l`:
-
-        ExponentiatedQuadratic:   omega ~ N(0, I / l^2)
-        Matern, order nu:         omega ~ multivariate Student-t, 2 nu degrees of freedom, scale I / l^2,
-                                  i.e. omega = g sqrt(2 nu / u) / l, g ~ N(0, I), u ~ chi^2(2 nu)
-
-    The chi-squared draw is a sum of `2 nu` (1, 3 or 5) squared normals, so the frequencies are the same in
-    eager, `tf.function` and XLA.
-
-    Args:
-      kernel: a `tfp.math.psd_kernels` `ExponentiatedQuadratic`, `MaternOneHalf`, `MaternThreeHalves` or
-        `MaternFiveHalves` with scalar parameters.
-      dim: the feature size `D` of the inputs.
-      num_frequencies: number of frequencies.
-      seed: a stateless seed, `int32[2]`.
-      dtype: dtype of the result.
-
-    Returns:
-      `Tensor[D, num_frequencies]`.
-    """
-    if type(kernel) not in _DEGREES_OF_FREEDOM:
-        raise ValueError(
-            "Random Fourier features need a kernel with a known spectral density, one of "
-            f"{[k.__name__ for k in _DEGREES_OF_FREEDOM]}. Received: kernel of type {type(kernel).__name__}")
-    normal_seed, chi2_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    frequencies = tf.random.stateless_normal([dim, num_frequencies], normal_seed, dtype=dtype)
-    degrees_of_freedom = _DEGREES_OF_FREEDOM[type(kernel)]
-    if degrees_of_freedom is not None:
-        chi2 = tf.reduce_sum(
-            tf.random.stateless_normal([degrees_of_freedom, num_frequencies], chi2_seed, dtype=dtype)**2, axis=0)
-        frequencies *= tf.sqrt(degrees_of_freedom / chi2)
-    return frequencies / tf.cast(kernel.length_scale, dtype)
-
-
-def random_fourier_features(x, frequencies, amplitude=None):
-    """Random Fourier features `phi(x) = a [cos(omega^T x), sin(omega^T x)] / sqrt(F / 2)`.
-
-    `phi(x) . phi(y) = a^2 mean_j cos(omega_j . (x - y))`, an unbiased estimate of `k(x, y)` when the
-    `omega_j` come from `fourier_frequencies`.
-
-    Args:
-      x: `Tensor[B, D]`.
-      frequencies: `Tensor[D, F / 2]`.
-      amplitude: the kernel's amplitude `a` (scalar), or None for 1.
-
-    Returns:
-      `Tensor[B, F]`.
-    """
-    projection = tf.matmul(x, frequencies)
-    scale = tf.math.rsqrt(tf.cast(tf.shape(frequencies)[-1], x.dtype))
-    if amplitude is not None:
-        scale *= tf.cast(amplitude, x.dtype)
-    return scale * tf.concat([tf.cos(projection), tf.sin(projection)], axis=-1)
-
-
-def random_feature_ridge_weights(kernel, sleep_x, query_x, ridge, num_features=1024, seed=(0, 0)):
-    """Approximate ridge weights from `num_features` random Fourier features (Rahimi and Recht, 2007).
-
-    The kernel is replaced by `phi(x) . phi(y)` (`random_fourier_features`), whose error falls as
-    `1 / sqrt(num_features)`; the weights come from `feature_ridge_weights`. Cost O(N F (D + F) + N M F).
-
-    Args:
-      kernel: a stationary kernel that `fourier_frequencies` accepts.
-      sleep_x: `Tensor[N, D]`.
-      query_x: `Tensor[M, D]`.
-      ridge: scalar `lam > 0`.
-      num_features: even number `F` of features (`F / 2` frequencies, each giving a cosine and a sine).
-      seed: stateless seed of the frequencies, `int32[2]`: the same seed gives the same features.
-
-    Returns:
-      weights: `Tensor[M, N]`.
-      jitter: scalar `Tensor` (see `feature_ridge_weights`).
-    """
-    frequencies = fourier_frequencies(kernel, sleep_x.shape[-1], num_features // 2, seed, sleep_x.dtype)
-    return feature_ridge_weights(random_fourier_features(sleep_x, frequencies, kernel.amplitude),
-                                 random_fourier_features(query_x, frequencies, kernel.amplitude), ridge)
-
-
-def nystrom_ridge_weights(kernel, sleep_x, query_x, ridge, num_inducing=512):
-    """Approximate ridge weights from the Nystrom approximation on `num_inducing` sleep points.
-
-    With inducing points `U`, the first `R = num_inducing` sleep rows (a uniform random subset, the rows being
-    i.i.d. draws), and `L L^T = K_UU`, the features `phi(x) = L^{-1} k(U, x)` give the Nystrom kernel
-    `k(x, U) K_UU^{-1} k(U, y)` (Williams and Seeger, 2001), exact when `U` is the whole sleep set; the
-    weights come from `feature_ridge_weights`. Cost O(N R (D + R) + N M R).
-
-    Args:
-      kernel: a `tfp.math.psd_kernels` kernel with one feature dimension.
-      sleep_x: `Tensor[N, D]`.
-      query_x: `Tensor[M, D]`.
-      ridge: scalar `lam > 0`.
-      num_inducing: number `R` of inducing points (all `N` when `R >= N`).
-
-    Returns:
-      weights: `Tensor[M, N]`.
-      jitter: scalar `Tensor`, the diagonal shifts the Cholesky factorisations of `K_UU` and of the
-        `R x R` ridge system needed.
-    """
-    inducing = sleep_x[:num_inducing]
-    chol, inducing_jitter = tfp.experimental.distributions.marginal_fns.retrying_cholesky(
-        kernel.matrix(inducing, inducing))
-
-    def features(x):
-        return tf.transpose(tf.linalg.triangular_solve(chol, kernel.matrix(inducing, x)))
-
-    weights, jitter = feature_ridge_weights(features(sleep_x), features(query_x), ridge)
-    return weights, inducing_jitter + jitter
-
-
-SOLVERS = {
-    "cholesky": ridge_weights,
-    "random_features": random_feature_ridge_weights,
-    "nystrom": nystrom_ridge_weights,
-}
 
 
 def kernel_ridge_weights(sleep_x, query_x, kernel="gaussian", bandwidth=None, ridge=DEFAULT_RIDGE,

@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_amortised.ridge import (KERNELS, KernelRidge, feature_ridge_weights, fourier_frequencies,
-                                 random_fourier_features)
+from tfp_amortised.ridge import KERNELS, KernelRidge
+from tfp_amortised.solvers import feature_ridge_weights, fourier_frequencies, random_fourier_features
 
 MODES = {
     "eager": lambda fn: fn,
