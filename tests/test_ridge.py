@@ -42,6 +42,26 @@ def test_weights_match_numpy(kernel_name, num_query):
                                atol=1e-8)
 
 
+@pytest.mark.parametrize("solver", sorted(SOLVERS))
+@pytest.mark.parametrize("num_query", [1, 7])
+def test_intercept_regresses_targets_centred_on_their_sleep_mean(solver, num_query):
+    rng = np.random.default_rng(3)
+    sleep_x, targets = rng.normal(size=[60, 2]), rng.normal(size=[60, 3]) + 5.
+    query_x = np.concatenate([rng.normal(size=[num_query - 1, 2]), [[40., 40.]]])  # the last one far away
+    options = {"solver": solver, "bandwidth": 0.8, "ridge": 1e-2, "dtype": "float64", "num_inducing": 20,
+               "num_features": 64}
+    plain = KernelRidge(**options)(sleep_x, query_x).numpy()
+    centred = KernelRidge(intercept=True, **options)(sleep_x, query_x).numpy()
+    mean = targets.mean(0)
+    # f(x) = t_bar + sum_n alpha_n(x) (t_n - t_bar), with the same alpha; its weights sum to one.
+    np.testing.assert_allclose(centred @ targets, mean + plain @ (targets - mean), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(centred.sum(-1), 1., atol=1e-12)
+    if solver != "random_features":  # a finite Fourier sum does not decay far from the data
+        # Far from every sleep point the plain prediction shrinks to 0, the centred one to the sleep mean.
+        np.testing.assert_allclose(plain[-1] @ targets, 0., atol=1e-8)
+        np.testing.assert_allclose(centred[-1] @ targets, mean, atol=1e-8)
+
+
 def test_regression_recovers_a_smooth_function():
     # E[t | x] = sin(2x) with noise sd 0.3; 2000 points: the ridge prediction is within 0.05 of the truth.
     rng = np.random.default_rng(1)
@@ -103,9 +123,10 @@ def test_compiled_matches_eager(compile_mode):
 
 
 def test_config_round_trip():
-    layer = KernelRidge(kernel="matern32", bandwidth=0.7, ridge=1e-4, bandwidth_subsample=64)
+    layer = KernelRidge(kernel="matern32", bandwidth=0.7, ridge=1e-4, bandwidth_subsample=64, intercept=True)
     clone = KernelRidge.from_config(layer.get_config())
     assert (clone.kernel_name, clone.bandwidth_rule, clone.bandwidth_subsample) == ("matern32", 0.7, 64)
+    assert clone.intercept
     np.testing.assert_allclose([clone.bandwidth, clone.ridge], [0.7, 1e-4], rtol=1e-6)
 
 
@@ -116,6 +137,7 @@ def test_config_round_trip():
     ({"ridge": -1e-3}, "Received: ridge=-0.001"),
     ({"ridge": 0.}, "Received: ridge=0.0"),
     ({"bandwidth_subsample": 1}, "Received: bandwidth_subsample=1"),
+    ({"intercept": "yes"}, "Received: intercept='yes'"),
 ])
 def test_bad_hyperparameters(arguments, message):
     with pytest.raises(ValueError, match=message):

@@ -65,7 +65,7 @@ def median_bandwidth(x, max_points=512):
 
 
 def kernel_ridge_weights(sleep_x, query_x, kernel="gaussian", bandwidth=None, ridge=DEFAULT_RIDGE,
-                         solver="cholesky", bandwidth_subsample=512, **solver_options):
+                         solver="cholesky", bandwidth_subsample=512, intercept=False, **solver_options):
     """Kernel ridge weights with a named kernel and solver: the computation of `KernelRidge`, as a pure function.
 
     Both sets are first centred on the sleep mean: the kernels are stationary, so this changes nothing but
@@ -80,6 +80,8 @@ def kernel_ridge_weights(sleep_x, query_x, kernel="gaussian", bandwidth=None, ri
       ridge: scalar `lam > 0`.
       solver: a key of `SOLVERS`; `solver_options` are passed on to it.
       bandwidth_subsample: subsample size of the median heuristic.
+      intercept: whether to regress targets centred on their sleep mean, `f(x) = t_bar + sum_n alpha_n(x)
+        (t_n - t_bar)`: the weights become `alpha_n + (1 - sum_k alpha_k) / N` and sum to one for each query.
 
     Returns:
       weights: `Tensor[M, N]`.
@@ -92,6 +94,9 @@ def kernel_ridge_weights(sleep_x, query_x, kernel="gaussian", bandwidth=None, ri
         bandwidth = median_bandwidth(sleep_x, bandwidth_subsample)
     weights, jitter = SOLVERS[solver](KERNELS[kernel](length_scale=bandwidth), sleep_x, query_x,
                                       tf.cast(ridge, sleep_x.dtype), **solver_options)
+    if intercept:
+        num_sleep = tf.cast(tf.shape(weights)[-1], weights.dtype)
+        weights += (1. - tf.reduce_sum(weights, axis=-1, keepdims=True)) / num_sleep
     return weights, bandwidth, jitter
 
 
@@ -158,6 +163,10 @@ class KernelRidge(keras.layers.Layer):
         gradient).
       standardise_features: whether to standardise each column of the kernel's input (the features, or the
         observations when `features` is None) by the sleep set's mean and standard deviation (`standardise`).
+      intercept: False (default) for plain kernel ridge regression, which shrinks every prediction towards 0
+        away from the sleep observations; True to regress targets centred on their sleep mean, so predictions
+        shrink towards that mean instead and each query's weights sum to one (`E[1 | x] = 1` exactly:
+        posterior probabilities from `posterior_expectation` then sum to one).
 
     #### Examples
 
@@ -181,7 +190,7 @@ class KernelRidge(keras.layers.Layer):
 
     def __init__(self, kernel="gaussian", bandwidth="median", ridge=DEFAULT_RIDGE, bandwidth_subsample=512,
                  solver="cholesky", num_features=1024, num_inducing=512, seed=0, features=None,
-                 standardise_features=False, **kwargs):
+                 standardise_features=False, intercept=False, **kwargs):
         super().__init__(**kwargs)
         if features is not None and not callable(features):
             raise TypeError(f"features must be None or a callable mapping [B, D] to [B, F]. Received: features of "
@@ -189,7 +198,9 @@ class KernelRidge(keras.layers.Layer):
         if not isinstance(standardise_features, bool):
             raise ValueError(f"standardise_features must be True or False. "
                              f"Received: standardise_features={standardise_features!r}")
-        self.features, self.standardise_features = features, standardise_features
+        if not isinstance(intercept, bool):
+            raise ValueError(f"intercept must be True or False. Received: intercept={intercept!r}")
+        self.features, self.standardise_features, self.intercept = features, standardise_features, intercept
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {sorted(KERNELS)}. Received: kernel={kernel!r}")
         if not (bandwidth == "median" or (isinstance(bandwidth, (int, float)) and bandwidth > 0)):
@@ -263,7 +274,7 @@ class KernelRidge(keras.layers.Layer):
             sleep_x, query_x, kernel=self.kernel_name,
             bandwidth=None if median else tf.exp(tf.cast(self.log_bandwidth, self.compute_dtype)),
             ridge=tf.exp(tf.cast(self.log_ridge, self.compute_dtype)), solver=self.solver,
-            bandwidth_subsample=self.bandwidth_subsample, **self._solver_options())
+            bandwidth_subsample=self.bandwidth_subsample, intercept=self.intercept, **self._solver_options())
         if median:
             self.log_bandwidth.assign(tf.cast(tf.math.log(bandwidth), self.log_bandwidth.dtype))
         _check_bandwidth(self.bandwidth)
@@ -293,6 +304,7 @@ class KernelRidge(keras.layers.Layer):
             "seed": self.seed,
             "features": None if self.features is None else keras.saving.serialize_keras_object(self.features),
             "standardise_features": self.standardise_features,
+            "intercept": self.intercept,
         }
 
     @classmethod
