@@ -231,6 +231,14 @@ def test_flatten_events_keeps_the_feature_size_static_with_unknown_batch(batch_s
     np.testing.assert_array_equal(flatten(x), np.reshape(x, batch_shape + [size]))
 
 
+@pytest.mark.parametrize("event_shape", [[3], [2, 3]])
+def test_flatten_events_by_default_keeps_one_batch_axis(event_shape):
+    x = tf.reshape(tf.range(5 * int(np.prod(event_shape)), dtype=tf.float32), [5] + event_shape)
+    flatten = tf.function(flatten_events, input_signature=[tf.TensorSpec([None] + event_shape)])
+    assert flatten.get_concrete_function().structured_outputs.shape.as_list() == [None, int(np.prod(event_shape))]
+    np.testing.assert_array_equal(flatten(x), np.reshape(x, [5, -1]))
+
+
 class TestBadInput:
     model = None
 

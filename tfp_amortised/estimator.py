@@ -40,13 +40,15 @@ def sleep(joint, num_sleep, seed):
     return _joint.stop_gradient(_joint.as_named(joint, joint.sample(num_sleep, seed=seed)))
 
 
-def flatten_events(x, event_ndims):
+def flatten_events(x, event_ndims=None):
     """Reshapes `x: [*batch, *event_shape]` (event of rank `event_ndims`) to features `[*batch, prod(event_shape)]`.
 
-    The feature size stays static wherever the event shape is, even when the batch size is unknown (a
-    `tf.function` input, a distributed batch), since `KernelRidge` builds its weights from it.
+    By default (`event_ndims=None`) every axis but the first is the event: `[B, *event_shape] -> [B, D]`, the
+    input `KernelRidge` takes. The feature size stays static wherever the event shape is, even when the batch
+    size is unknown (a `tf.function` input, a distributed batch), since `KernelRidge` builds its weights from it.
     """
     x = tf.convert_to_tensor(x)
+    event_ndims = x.shape.rank - 1 if event_ndims is None else event_ndims
     event_size = None if x.shape.rank is None else x.shape[x.shape.rank - event_ndims:].num_elements()
     batch_shape = tf.shape(x)[:tf.rank(x) - event_ndims]
     return tf.reshape(x, tf.concat([batch_shape, [-1 if event_size is None else event_size]], axis=0))
@@ -127,8 +129,7 @@ def surrogate_log_marginal(joint, wake_x, *, num_sleep, seed, observed="x", ridg
     _joint.check_observed(joint, observed)
     sleep_sample = sleep(joint, num_sleep, seed)
     wake_x = check_wake_x(wake_x, sleep_sample[observed], observed)
-    event_ndims = sleep_sample[observed].shape.rank - 1
-    weights = _weights(ridge, flatten_events(sleep_sample[observed], event_ndims), flatten_events(wake_x, event_ndims))
+    weights = _weights(ridge, flatten_events(sleep_sample[observed]), flatten_events(wake_x))
     return weighted_log_joint(joint, sleep_sample, weights, wake_x, observed=observed, form=form)
 
 

@@ -22,7 +22,7 @@ import keras
 import tensorflow as tf
 
 from tfp_amortised import _joint
-from tfp_amortised.estimator import sleep
+from tfp_amortised.estimator import flatten_events, sleep
 from tfp_amortised.ridge import KernelRidge, median_bandwidth
 
 
@@ -87,19 +87,13 @@ def _frozen_bandwidth(ridge, sleep_x):
     (`ridge.kernel_inputs`: its features, standardised if the ridge does so), or the fixed one."""
     if ridge.bandwidth_rule != "median":
         return ridge.bandwidth
-    sleep_inputs, _ = ridge.kernel_inputs(features(sleep_x), features(sleep_x[:1]))
+    sleep_inputs, _ = ridge.kernel_inputs(flatten_events(sleep_x), flatten_events(sleep_x[:1]))
     return median_bandwidth(sleep_inputs, ridge.bandwidth_subsample)
 
 
 def _posterior_mean(ridge, sleep_set, observed, x):
     """`{latent: [M, *event_shape]}`: ridge regression of each latent of `sleep_set` on its `x`, evaluated at `x`."""
-    weights = ridge(features(sleep_set[observed]), features(x))  # [M, N]
-    return {name: tf.reshape(tf.matmul(weights, tf.cast(features(value), weights.dtype)),
+    weights = ridge(flatten_events(sleep_set[observed]), flatten_events(x))  # [M, N]
+    return {name: tf.reshape(tf.matmul(weights, tf.cast(flatten_events(value), weights.dtype)),
                              tf.concat([tf.shape(x)[:1], tf.shape(value)[1:]], 0))
             for name, value in sleep_set.items() if name != observed}
-
-
-def features(value):
-    """`value: [B, *event_shape]` (static event shape) as `[B, prod(event_shape)]`, keeping the static feature size
-    when `B` is unknown (a `tf.function` input or a distributed batch), as `KernelRidge` needs."""
-    return tf.reshape(value, [-1, value.shape[1:].num_elements()])

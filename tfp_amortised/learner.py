@@ -5,9 +5,9 @@ import numpy as np
 import tensorflow as tf
 
 from tfp_amortised import _joint, distributed
-from tfp_amortised.estimator import (_check_form, _check_num_sleep, check_wake_x, ridge_expectation, sleep,
-                                     weighted_log_joint)
-from tfp_amortised.export import export_learner, features
+from tfp_amortised.estimator import (_check_form, _check_num_sleep, check_wake_x, flatten_events, ridge_expectation,
+                                     sleep, weighted_log_joint)
+from tfp_amortised.export import export_learner
 from tfp_amortised.ridge import KernelRidge
 
 _SEED_STATE = "seed_generator_state"
@@ -108,7 +108,7 @@ class AmortisedLearner(keras.Model):
         """
         sample = self.sample(num_sleep or self.num_sleep, seed)
         x = check_wake_x(x, sample[self.observed], self.observed)
-        return ridge_expectation(features(sample[self.observed]), features(x), fn(sample), self.ridge)
+        return ridge_expectation(flatten_events(sample[self.observed]), flatten_events(x), fn(sample), self.ridge)
 
     def train_step(self, data):
         wake_x = _wake_batch(data)
@@ -205,7 +205,7 @@ class AmortisedLearner(keras.Model):
         return terms
 
     def _ridge_weights(self, sleep_x, query_x):
-        return self.ridge(features(sleep_x), features(query_x))
+        return self.ridge(flatten_events(sleep_x), flatten_events(query_x))
 
     def _update_metrics(self, terms):
         self.trackers["loss"].update_state(terms["total_loss"])

@@ -145,6 +145,7 @@ def predict_from_context(model, context_index, context_values, at, *, num_sleep,
     Returns:
       `Tensor[M, T]`.
     """
+    context_values = tf.convert_to_tensor(context_values)
     context_index = _check_context(model, context_index, context_values)
     sample = sleep(model.joint_distribution(), num_sleep, seed)
     sleep_context = tf.gather(sample[model.observed], context_index, axis=-1)  # [N, C]
@@ -232,14 +233,14 @@ def _midpoints(value_range, num_points):
 
 
 def _check_context(model, context_index, context_values):
-    """`context_index` as `int32[C]`, after checking it against the grid and `context_values: [M, C]`."""
+    """`context_index` as `int32[C]`, after checking it against the grid and `context_values: Tensor[M, C]`."""
     num_inputs = len(model.inputs)
     index = tf.convert_to_tensor(context_index, tf.int32)
     if index.shape.rank != 1 or (tf.executing_eagerly() and not tf.reduce_all((index >= 0) & (index < num_inputs))):
         raise ValueError(
             f"context_index must be a 1-D sequence of grid indices in [0, {num_inputs}). "
             f"Received: context_index={context_index!r}")
-    values_shape = tf.TensorShape(getattr(context_values, "shape", tf.convert_to_tensor(context_values).shape))
+    values_shape = context_values.shape
     if values_shape.rank != 2 or not values_shape[1:].is_compatible_with([index.shape[0]]):
         raise ValueError(
             f"context_values must have shape [M, {index.shape[0]}] (one column per context index). "
