@@ -34,7 +34,7 @@ def fit(series, num_sleep, steps, seed, features=False):
     `features`, the kernel acts on the standardised `BlowflySummaries` of the series."""
     model = BlowflyModel()
     ridge = KernelRidge(features=BlowflySummaries(), standardise_features=True) if features else None
-    learner = AmortisedLearner(model, num_sleep=num_sleep, form="joint", seed=seed, ridge=ridge)
+    learner = AmortisedLearner(model, num_sleep=num_sleep, form="joint", seed=seed, regression=ridge)
     learner.compile(optimizer=keras.optimizers.Adam(0.05))
     learner.fit(series, batch_size=series.shape[0], epochs=steps, verbose=0)
     return model

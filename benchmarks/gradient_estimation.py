@@ -23,7 +23,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from benchmarks._report import benchmark_parser, machine_header, markdown_table, plot_path, save_figure
-from tests.gradients import median_relative_error, per_point_gradients
+from tfp_amortised.evaluation import median_relative_error, per_point_gradients
 from tfp_amortised import surrogate_log_marginal
 from tfp_amortised.models.softplus import SoftplusGaussianModel
 

@@ -91,7 +91,7 @@ def train(x_train, num_sleep, ridge, seed, epochs):
     """Amortised learning from `alpha = beta = 1`; returns `(model, path [epochs + 1, 2], CPU seconds)`."""
     keras.utils.set_random_seed(seed)
     model = HierarchicalPoissonModel(x_train.shape[1])
-    learner = AmortisedLearner(model, num_sleep=num_sleep, form="conditional", ridge=ridge, num_holdout=0,
+    learner = AmortisedLearner(model, num_sleep=num_sleep, form="conditional", regression=ridge, num_holdout=0,
                                seed=seed)
     learner.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE))
     recorder = EpochRecorder(lambda: parameters(model)[:2])

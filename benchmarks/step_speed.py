@@ -35,7 +35,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from benchmarks._report import benchmark_parser, machine_header, markdown_table, plot_path, save_figure
-from tests.gradients import median_relative_error, per_point_gradients
+from tfp_amortised.evaluation import median_relative_error, per_point_gradients
 from tfp_amortised import _joint, sleep, surrogate_log_marginal
 from tfp_amortised.estimator import flatten_events
 from tfp_amortised.generative import GenerativeModel
@@ -130,7 +130,7 @@ def measure(model_name, solver, num_sleep, options, repeats):
     keras.utils.set_random_seed(0)
     model = _build_model(model_name)
     ridge = KernelRidge(solver=solver, **options)
-    learner = AmortisedLearner(model, num_sleep=num_sleep, ridge=ridge, num_holdout=NUM_HOLDOUT, seed=0)
+    learner = AmortisedLearner(model, num_sleep=num_sleep, regression=ridge, num_holdout=NUM_HOLDOUT, seed=0)
     learner.compile(optimizer=keras.optimizers.Adam(1e-3))
     wake_x = sleep(model.joint_distribution(), NUM_WAKE, seed=[1, 2])["x"]
     baseline_gb = _peak_rss_gb()
@@ -196,7 +196,7 @@ def _gradient_error(solver, num_sleep, options, num_wake=NUM_WAKE):
     ridge = KernelRidge(solver=solver, **options)
     estimate = per_point_gradients(
         lambda: surrogate_log_marginal(model.joint_distribution, wake_x, num_sleep=num_sleep, seed=[11, 12],
-                                       ridge=ridge), model.trainable_variables)
+                                       regression=ridge), model.trainable_variables)
     exact = per_point_gradients(lambda: model.log_marginal(wake_x), model.trainable_variables)
     return median_relative_error(estimate, exact)
 

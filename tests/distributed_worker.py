@@ -3,8 +3,10 @@
 `python tests/distributed_worker.py mirrored OUT.json` splits the CPU into 2 logical devices (before TensorFlow
 starts) and uses `MirroredStrategy`; `python tests/distributed_worker.py multi_worker OUT.json` uses
 `MultiWorkerMirroredStrategy` with the cluster in `TF_CONFIG`. It writes JSON with the weights and losses of
-a short `fit` and, with `mirrored`, for each form the summed per-replica gradient and the single-device
-gradient on the same global sleep set.
+a short `fit` and, with `mirrored`, for each form: the replicas' summed gradient of `surrogate_log_marginal`,
+the change of the weights made by one `AmortisedLearner` step with SGD at learning rate 1 (minus the gradient it
+applied), and the single-device gradient on the same global sleep set computed independently, by contracting
+per-sample Jacobians of the log-joint with the ridge weights.
 """
 
 import json
@@ -16,7 +18,7 @@ os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 import tensorflow as tf  # noqa: E402
 
 NUM_SLEEP, NUM_HOLDOUT, NUM_WAKE = 64, 8, 32
-SEED = (4, 5)  # the step seed (a Python pair, so TensorFlow is not initialised before the devices are set)
+SEED = 3  # the learner's seed; its first step seed is keras.random.SeedGenerator(SEED).next()
 
 
 def _strategy(kind):
@@ -27,42 +29,67 @@ def _strategy(kind):
     return tf.distribute.MultiWorkerMirroredStrategy()
 
 
-def _global_sleep_set(joint, num_replicas):
-    """The sleep set the replicas draw together: replica r's N / R samples with the seed folded with r."""
+def _flat(gradients):
+    return tf.concat([tf.reshape(g, [-1]) for g in gradients], 0).numpy().tolist()
+
+
+def _oracle_gradient(learner, wake_x, step_seed, form, num_replicas):
+    """Gradient of the single-device loss `-(1/M) sum_m sum_n alpha_mn log p(z_n, x_n or x_m)` on the global sleep
+    set (replica r's N / R samples, drawn with the step seed folded with r), computed from its definition:
+    per-sample Jacobians of the log-joint, `[N, P]` or `[M, N, P]`, contracted with the ridge weights `[M, N]`."""
     from tfp_amortised.estimator import sleep  # pylint: disable=import-outside-toplevel
-    shares = [sleep(joint, NUM_SLEEP // num_replicas + NUM_HOLDOUT, tf.random.experimental.stateless_fold_in(SEED, r))
+    joint = learner.joint_distribution()
+    shares = [sleep(joint, NUM_SLEEP // num_replicas + NUM_HOLDOUT,
+                    tf.random.experimental.stateless_fold_in(tf.cast(step_seed, tf.int32), r))
               for r in range(num_replicas)]
-    return {name: tf.concat([share[name][:NUM_SLEEP // num_replicas] for share in shares], 0) for name in shares[0]}
-
-
-def _single_device_gradient(learner, wake_x):
-    """Gradient of `-mean_m s_m` on one device, from the global sleep set built by hand."""
-    from tfp_amortised.estimator import weighted_log_joint  # pylint: disable=import-outside-toplevel
-    with tf.GradientTape() as tape:
+    sleep_set = {name: tf.concat([s[name][:NUM_SLEEP // num_replicas] for s in shares], 0) for name in shares[0]}
+    weights = learner.regression(sleep_set["x"], wake_x)  # [M, N]
+    with tf.GradientTape(persistent=True) as tape:
         joint = learner.joint_distribution()
-        sleep_set = _global_sleep_set(joint, 2)
-        weights = learner.ridge(sleep_set["x"], wake_x)
-        loss = -tf.reduce_mean(weighted_log_joint(joint, sleep_set, weights, wake_x, form=learner.form))
-    return tape.gradient(loss, learner.trainable_variables)
+        if form == "joint":
+            log_joint = joint.log_prob(sleep_set["z"], sleep_set["x"])  # [N]
+        else:
+            log_joint = joint.log_prob(sleep_set["z"][None], wake_x[:, None])  # [M, N]
+    gradients = []
+    for jacobian in tape.jacobian(log_joint, learner.trainable_variables):
+        jacobian = tf.reshape(jacobian, [*log_joint.shape, -1])  # [N, P] or [M, N, P]
+        if form == "joint":
+            gradients.append(-tf.reduce_mean(tf.matmul(weights, jacobian), 0))
+        else:
+            gradients.append(-tf.reduce_mean(tf.einsum("mn,mnp->mp", weights, jacobian), 0))
+    return tf.concat(gradients, 0).numpy().tolist()
 
 
-def _distributed_gradient(strategy, learner, wake_x):
-    """Sum over replicas of each replica's gradient of its loss share, replica r holding wake rows r*M/2..."""
-    half = NUM_WAKE // strategy.num_replicas_in_sync
+def _surrogate_gradient(strategy, learner, wake_x, step_seed):
+    """Replica-summed gradient of `-mean surrogate_log_marginal`, replica r holding wake rows r*M/R..."""
+    from tfp_amortised import surrogate_log_marginal  # pylint: disable=import-outside-toplevel
+    share = NUM_WAKE // strategy.num_replicas_in_sync
     shards = strategy.experimental_distribute_values_from_function(
-        lambda context: wake_x[context.replica_id_in_sync_group * half:(context.replica_id_in_sync_group + 1) * half])
+        lambda context: wake_x[context.replica_id_in_sync_group * share:(context.replica_id_in_sync_group + 1) * share])
 
     @tf.function
     def step(shard):
         def summed_gradient(local_wake_x):
             with tf.GradientTape() as tape:
-                terms = learner._surrogate_terms(local_wake_x, SEED)  # pylint: disable=protected-access
-            gradients = tape.gradient(terms["loss"], learner.trainable_variables)
+                surrogate = surrogate_log_marginal(learner.joint_distribution, local_wake_x, num_sleep=NUM_SLEEP,
+                                                   seed=step_seed, regression=learner.regression, form=learner.form)
+                loss = -tf.reduce_sum(surrogate) / NUM_WAKE
+            gradients = tape.gradient(loss, learner.trainable_variables)
             return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, gradients)
 
         return strategy.run(summed_gradient, args=(shard,))
 
-    return [strategy.experimental_local_results(g)[0] for g in step(shards)]
+    return _flat([strategy.experimental_local_results(g)[0] for g in step(shards)])
+
+
+def _learner_step(strategy, learner, wake_x):
+    """Minus the change of the weights made by one `fit` step with SGD at learning rate 1: the applied gradient."""
+    import keras  # pylint: disable=import-outside-toplevel
+    with strategy.scope():
+        learner.compile(optimizer=keras.optimizers.SGD(1.))
+    before = _flat(learner.trainable_variables)
+    learner.fit(wake_x, batch_size=NUM_WAKE, epochs=1, shuffle=False, verbose=0)
+    return [b - a for b, a in zip(before, _flat(learner.trainable_variables))]
 
 
 def main(kind, out_path):
@@ -73,17 +100,19 @@ def main(kind, out_path):
 
     data = FactorAnalysisModel(1, 2, seed=5).joint_distribution().sample(NUM_WAKE * 2, seed=[1, 2])[1]
     report = {"num_replicas": strategy.num_replicas_in_sync}
-    for form in ("joint", "conditional") if kind == "mirrored" else ():  # the gradient check runs on one machine
+    step_seed = keras.random.SeedGenerator(SEED).next()  # the seed of the learner's first step
+    for form in ("joint", "conditional") if kind == "mirrored" else ():  # the gradient checks run on one machine
         with strategy.scope():
             learner = AmortisedLearner(FactorAnalysisModel(1, 2, seed=1), num_sleep=NUM_SLEEP, form=form,
-                                       num_holdout=NUM_HOLDOUT, seed=3)
-        report[form] = {
-            "distributed": [g.numpy().ravel().tolist() for g in _distributed_gradient(strategy, learner, data[:NUM_WAKE])],
-            "single_device": [g.numpy().ravel().tolist() for g in _single_device_gradient(learner, data[:NUM_WAKE])]}
+                                       num_holdout=NUM_HOLDOUT, seed=SEED)
+        wake_x = data[:NUM_WAKE]
+        report[form] = {"oracle": _oracle_gradient(learner, wake_x, step_seed, form, strategy.num_replicas_in_sync),
+                        "surrogate": _surrogate_gradient(strategy, learner, wake_x, step_seed),
+                        "learner": _learner_step(strategy, learner, wake_x)}
 
     with strategy.scope():
         learner = AmortisedLearner(FactorAnalysisModel(1, 2, seed=1), num_sleep=NUM_SLEEP, num_holdout=NUM_HOLDOUT,
-                                   seed=3)
+                                   seed=SEED)
         learner.compile(optimizer=keras.optimizers.Adam(0.05))
     history = learner.fit(data, batch_size=NUM_WAKE, epochs=2, shuffle=False, verbose=0,
                           callbacks=[keras.callbacks.TerminateOnNaN()])

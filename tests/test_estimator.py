@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tests.gradients import median_relative_error, per_point_gradients
+from tfp_amortised.evaluation import median_relative_error, per_point_gradients
 from tfp_amortised import KernelRidge, sleep, surrogate_log_marginal
 from tfp_amortised.estimator import flatten_events
 from tfp_amortised.models import FactorAnalysisModel, GaussianMixtureModel
@@ -179,7 +179,7 @@ def test_eager_function_and_xla_agree(form):
 
     def surrogate():
         return surrogate_log_marginal(model.joint_distribution, wake_x, num_sleep=200, seed=(8, 9), form=form,
-                                      ridge=ridge)
+                                      regression=ridge)
 
     eager = surrogate()
     np.testing.assert_allclose(tf.function(surrogate)(), eager, rtol=1e-4, atol=1e-4)

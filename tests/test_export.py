@@ -150,7 +150,7 @@ def test_posterior_mean_with_a_featured_ridge_matches_the_learner(tmp_path):
     features.bias.assign(np.full(4, 30.))
     ridge = KernelRidge(features=features, standardise_features=True)
     model = FactorAnalysisModel(1, 2, seed=1)
-    learner = AmortisedLearner(model, num_sleep=300, seed=3, ridge=ridge)
+    learner = AmortisedLearner(model, num_sleep=300, seed=3, regression=ridge)
     x = learner.sample(16, seed=[5, 6])["x"]
     expected = learner.posterior_expectation(x, lambda sample: sample["z"], seed=tf.constant([0, 0]))
     learner.export(str(tmp_path / "served"))

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_amortised import KernelRidge
+from tfp_amortised import KernelRidge, amortised_step, surrogate_log_marginal
 from tfp_amortised.learner import AmortisedLearner
 from tfp_amortised.models import FactorAnalysisModel, GaussianMixtureModel
 
@@ -170,7 +170,7 @@ def test_posterior_responsibilities_match_the_exact_posterior(intercept):
     x = model.joint_distribution().sample(200, seed=[3, 4])[-1]
     components = tfd.Independent(tfd.Normal(model.means.value, model.scale), 1)
     exact = tf.nn.softmax(tf.nn.log_softmax(model.logits.value) + components.log_prob(x[:, None]), axis=-1)
-    learner = AmortisedLearner(model, num_sleep=1000, ridge=KernelRidge(intercept=intercept), seed=0)
+    learner = AmortisedLearner(model, num_sleep=1000, regression=KernelRidge(intercept=intercept), seed=0)
 
     def responsibilities(points):
         return learner.posterior_expectation(points, lambda sample: tf.one_hot(sample["z"], 3), seed=[5, 6])
@@ -183,3 +183,40 @@ def test_posterior_responsibilities_match_the_exact_posterior(intercept):
         np.testing.assert_allclose(far_totals, 1., atol=1e-5)
     else:  # plain kernel ridge shrinks towards 0 away from the sleep observations
         assert float(tf.reduce_max(far_totals)) < 0.01
+
+
+@pytest.mark.parametrize("form", ["joint", "conditional"])
+@pytest.mark.parametrize("num_holdout", [0, 16])
+def test_a_learner_step_is_the_surrogate_of_the_function_api(form, num_holdout):
+    """`AmortisedLearner`'s first step uses the seed `SeedGenerator(seed).next()`: its loss is minus the mean of
+    `surrogate_log_marginal` with that seed, and one SGD step at learning rate 1 moves the weights by minus the
+    surrogate's gradient. Held-out samples are drawn after the regression's, so they change neither."""
+    model = FactorAnalysisModel(latent_dim=1, data_dim=2, seed=1)
+    x = model.joint_distribution().sample(40, seed=(3, 4))[1]
+    regression = KernelRidge(kernel="matern52", ridge=1e-2)
+    step_seed = keras.random.SeedGenerator(7).next()
+    with tf.GradientTape() as tape:
+        surrogate = surrogate_log_marginal(model.joint_distribution, x, num_sleep=200, seed=step_seed,
+                                           regression=regression, form=form)
+        loss = -tf.reduce_mean(surrogate)
+    gradients = tape.gradient(loss, model.trainable_variables)
+
+    learner = AmortisedLearner(model, num_sleep=200, form=form, regression=regression, num_holdout=num_holdout,
+                               seed=7)
+    learner_loss, logs = learner.objective(x, step_seed)
+    if num_holdout == 0:
+        np.testing.assert_array_equal(learner_loss, loss)  # the same function on the same draws
+    else:  # the sleep draws of N + H samples share only the first N with a draw of N: compare the step itself
+        step = amortised_step(model.joint_distribution, x, num_sleep=200, seed=step_seed, regression=regression,
+                              form=form, num_holdout=num_holdout)
+        np.testing.assert_array_equal(learner_loss, step.loss)
+        assert set(step.diagnostics) == {"bandwidth", "jitter", "ridge_r2"} and set(logs) >= set(step.diagnostics)
+        with tf.GradientTape() as tape:
+            loss = amortised_step(model.joint_distribution, x, num_sleep=200, seed=step_seed, regression=regression,
+                                  form=form, num_holdout=num_holdout).loss
+        gradients = tape.gradient(loss, model.trainable_variables)
+    before = [v.numpy() for v in model.trainable_variables]
+    learner.compile(optimizer=keras.optimizers.SGD(1.))
+    learner.fit(x, batch_size=40, epochs=1, shuffle=False, verbose=0)
+    for old, new, gradient in zip(before, model.trainable_variables, gradients):
+        np.testing.assert_allclose(old - new.numpy(), gradient, rtol=1e-5, atol=1e-6)  # tf.function vs eager

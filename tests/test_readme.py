@@ -51,10 +51,11 @@ def test_image_generation_example_learns_digits():
 def test_feature_ridge_example_builds_a_learner_on_summary_statistics():
     namespace = {}
     exec(_block_containing("BlowflySummaries()"), namespace)  # pylint: disable=exec-used
-    ridge, series = namespace["ridge"], tf.random.stateless_normal([6, 180], [0, 2]) + 5.
-    weights = ridge(series, series[:2])
+    regression, series = namespace["regression"], tf.random.stateless_normal([6, 180], [0, 2]) + 5.
+    weights = regression(series, series[:2])
     assert weights.shape == [2, 6]
-    assert ridge.kernel_inputs(series, series[:2])[0].shape == [6, 29]
+    assert regression.kernel_inputs(series, series[:2])[0].shape == [6, 29]
+    assert namespace["learner"].regression is regression
 
 
 def test_neural_process_example_predicts_better_than_the_prior():

@@ -92,11 +92,14 @@ def test_median_bandwidth_tracks_scale():
     np.testing.assert_allclose(median_bandwidth(5. * x), 5. * expected, rtol=0.03)
 
 
-def test_median_heuristic_sets_the_bandwidth_weight():
+def test_median_heuristic_bandwidth_is_returned_not_stored():
     layer = KernelRidge()
     x = tf.random.stateless_normal([300, 2], seed=[3, 4])
-    layer(x, x[:5])
-    np.testing.assert_allclose(layer.bandwidth, median_bandwidth(x), rtol=1e-6)
+    _, diagnostics = layer(x, x[:5], return_diagnostics=True)
+    np.testing.assert_allclose(diagnostics.bandwidth, median_bandwidth(x), rtol=1e-6)
+    assert layer.bandwidth is None  # the median rule keeps no per-call state
+    _, doubled = layer(2. * x, x[:5], return_diagnostics=True)
+    np.testing.assert_allclose(doubled.bandwidth, 2. * diagnostics.bandwidth, rtol=1e-6)
 
 
 def test_near_singular_gram_is_repaired_not_nan():
@@ -104,9 +107,9 @@ def test_near_singular_gram_is_repaired_not_nan():
     # resolution next to the diagonal of 1, so the plain Cholesky fails; the retry adds jitter.
     layer = KernelRidge(ridge=1e-12, bandwidth=1.)
     sleep_x = tf.ones([50, 2])
-    weights = layer(sleep_x, tf.zeros([3, 2]))
+    weights, diagnostics = layer(sleep_x, tf.zeros([3, 2]), return_diagnostics=True)
     assert np.all(np.isfinite(weights))
-    assert float(layer.jitter) > 0.
+    assert float(diagnostics.jitter) > 0.
     # Predicting a constant target 1 from 50 copies of one point gives k(x, 1) = exp(-1) at the query 0.
     np.testing.assert_allclose(tf.reduce_sum(weights, axis=1), np.full(3, np.exp(-1.)), rtol=1e-3)
 
@@ -144,10 +147,21 @@ def test_bad_hyperparameters(arguments, message):
         KernelRidge(**arguments)
 
 
-@pytest.mark.parametrize("sleep_shape, query_shape", [([10, 3], [4, 2]), ([10], [4]), ([1, 3], [4, 3])])
+@pytest.mark.parametrize("sleep_shape, query_shape", [([10, 3], [4, 2]), ([10, 3], [4, 3, 1]), ([1, 3], [4, 3]),
+                                                       ([], [])])
 def test_bad_shapes(sleep_shape, query_shape):
     with pytest.raises(ValueError, match="sleep_x"):
         KernelRidge()(tf.zeros(sleep_shape), tf.zeros(query_shape))
+
+
+@pytest.mark.parametrize("event_shape", [[], [1], [2, 3], [2, 1, 2]])
+def test_batches_of_any_event_shape_are_flattened_by_the_layer(event_shape):
+    """`[B, *event_shape]` batches give the weights of their flattened `[B, D]` rows (D = 1 for scalar events)."""
+    rng = np.random.default_rng(1)
+    sleep_x = rng.normal(size=[30, *event_shape]).astype(np.float32)
+    query_x = rng.normal(size=[4, *event_shape]).astype(np.float32)
+    flat = KernelRidge()(sleep_x.reshape(30, -1), query_x.reshape(4, -1))
+    np.testing.assert_array_equal(KernelRidge()(sleep_x, query_x), flat)
 
 
 def test_ridge_weights_is_a_pure_function():
@@ -220,10 +234,11 @@ def test_linear_features_then_standardisation_match_explicit_transform(num_query
     matrix, offset = np.asarray(features.matrix), np.asarray(features.offset)
     sleep_f, query_f = sleep_x @ matrix + offset, query_x @ matrix + offset
     mean, sd = sleep_f.mean(0), sleep_f.std(0)
-    expected, bandwidth, _ = kernel_ridge_weights((sleep_f - mean) / sd, (query_f - mean) / sd, ridge=1e-2)
+    expected, diagnostics = kernel_ridge_weights((sleep_f - mean) / sd, (query_f - mean) / sd, ridge=1e-2)
     assert weights.shape == (num_query, 60)
     np.testing.assert_allclose(weights, expected, rtol=0, atol=1e-8)
-    np.testing.assert_allclose(layer.bandwidth, bandwidth, rtol=1e-8)
+    np.testing.assert_allclose(layer(sleep_x, query_x, return_diagnostics=True)[1].bandwidth, diagnostics.bandwidth,
+                               rtol=1e-8)
     # The map matters: unstandardised, the largest column (scale 1e3) swamps the kernel and the weights change.
     unstandardised = KernelRidge(ridge=1e-2, features=features, dtype="float64")(sleep_x, query_x)
     assert np.max(np.abs(unstandardised - expected)) > 1e-2
@@ -305,7 +320,7 @@ def _featured_learner():
     # and the kernel: its weights must be saved and restored with the learner's.
     features = keras.layers.Dense(3, trainable=False, kernel_initializer=keras.initializers.GlorotNormal(seed=2))
     learner = AmortisedLearner(FactorAnalysisModel(1, 2, seed=1), num_sleep=96, num_holdout=16, seed=3,
-                               ridge=KernelRidge(features=features, standardise_features=True))
+                               regression=KernelRidge(features=features, standardise_features=True))
     learner.compile(optimizer=keras.optimizers.Adam(0.05))
     return learner
 
@@ -321,10 +336,10 @@ def test_learner_with_features_saves_and_continues_exactly(tmp_path):
     first.save(tmp_path / "learner.keras")
     loaded = keras.models.load_model(tmp_path / "learner.keras")
 
-    assert isinstance(loaded.ridge.features, keras.layers.Dense) and loaded.ridge.standardise_features
+    assert isinstance(loaded.regression.features, keras.layers.Dense) and loaded.regression.standardise_features
     for saved, restored in zip(first.variables, loaded.variables):
         np.testing.assert_array_equal(restored.numpy(), saved.numpy())
-    np.testing.assert_array_equal(loaded.ridge(x[:96], x[96:]), first.ridge(x[:96], x[96:]))
+    np.testing.assert_array_equal(loaded.regression(x[:96], x[96:]), first.regression(x[:96], x[96:]))
     loaded.fit(x, batch_size=64, epochs=1, shuffle=False, verbose=0)
     for expected, resumed in zip(uninterrupted.trainable_variables, loaded.trainable_variables):
         np.testing.assert_allclose(resumed.numpy(), expected.numpy(), atol=1e-6)  # float32 round-off

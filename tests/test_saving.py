@@ -18,7 +18,7 @@ MODELS = {
 
 def _learner(model_name, form):
     learner = AmortisedLearner(MODELS[model_name](), num_sleep=96, form=form, num_holdout=16, seed=3,
-                               ridge=KernelRidge(kernel="matern32", ridge=3e-3))
+                               regression=KernelRidge(kernel="matern32", ridge=3e-3))
     learner.compile(optimizer=keras.optimizers.Adam(0.05))
     return learner
 
@@ -56,7 +56,7 @@ def test_config_round_trip_keeps_hyperparameters(tmp_path):
     """The loaded learner has the same generative model, ridge and estimator settings; the config is plain JSON."""
     learner = AmortisedLearner(GaussianMixtureModel(3, 2, scale=0.5, learn_scale=False, seed=4), num_sleep=50,
                                form="conditional", num_holdout=8, seed=11,
-                               ridge=KernelRidge(kernel="matern52", bandwidth=0.7, ridge=2e-2))
+                               regression=KernelRidge(kernel="matern52", bandwidth=0.7, ridge=2e-2))
     learner.compile(optimizer=keras.optimizers.Adam(0.01))
     learner.optimizer.build(learner.trainable_variables)
     learner.save(tmp_path / "learner.keras")
@@ -66,9 +66,9 @@ def test_config_round_trip_keeps_hyperparameters(tmp_path):
     assert "lambda" not in config
     assert isinstance(loaded.generative_model, GaussianMixtureModel)
     assert (loaded.num_sleep, loaded.form, loaded.num_holdout, loaded.seed) == (50, "conditional", 8, 11)
-    assert (loaded.ridge.kernel_name, loaded.ridge.bandwidth_rule) == ("matern52", 0.7)
-    np.testing.assert_allclose(float(loaded.ridge.ridge), 2e-2, rtol=1e-6)
-    np.testing.assert_allclose(float(loaded.ridge.bandwidth), 0.7, rtol=1e-6)
+    assert (loaded.regression.kernel_name, loaded.regression.bandwidth_rule) == ("matern52", 0.7)
+    np.testing.assert_allclose(float(loaded.regression.ridge), 2e-2, rtol=1e-6)
+    np.testing.assert_allclose(float(loaded.regression.bandwidth), 0.7, rtol=1e-6)
     assert not loaded.generative_model.raw_scale.trainable
     np.testing.assert_allclose(float(loaded.generative_model.scale), 0.5, rtol=1e-6)
     np.testing.assert_allclose(float(loaded.optimizer.learning_rate), 0.01, rtol=1e-6)

@@ -9,10 +9,11 @@ import pytest
 import tensorflow as tf
 from hypothesis import strategies as st
 
-from tfp_amortised import KernelRidge, surrogate_log_marginal
+from tfp_amortised import KernelRidge, ridge_expectation, surrogate_log_marginal
 from tfp_amortised.generative import GenerativeModel
 from tfp_amortised.learner import AmortisedLearner
 from tfp_amortised.models import FactorAnalysisModel, GaussianMixtureModel
+from tfp_amortised.ridge import kernel_ridge_weights
 
 ARGUMENTS = ("sleep_x", "query_x", "wake_x", "num_sleep", "observed", "form", "bandwidth")
 # Finite values stay below 1e4 in magnitude: squared distances and Gaussian log-densities then fit float32
@@ -124,8 +125,8 @@ def test_singular_gram_matrix_is_repaired_with_reported_jitter():
     distinct = np.array([[0.], [1.], [2.5], [4.]], np.float32)
     sleep_x = np.repeat(distinct, 8, axis=0)
     ridge = KernelRidge(bandwidth=1., ridge=1e-12)
-    weights = ridge(sleep_x, distinct)
-    assert float(ridge.jitter) > 0
+    weights, diagnostics = ridge(sleep_x, distinct, return_diagnostics=True)
+    assert float(diagnostics.jitter) > 0
     target = np.sin(sleep_x[:, 0])
     np.testing.assert_allclose(weights.numpy() @ target, np.sin(distinct[:, 0]), atol=1e-2)
 
@@ -166,3 +167,61 @@ def test_degenerate_step_never_writes_nan_into_the_weights():
     learner.compile(optimizer=keras.optimizers.SGD(0.1))
     learner.fit(tf.ones([8, 2]), batch_size=8, epochs=1, verbose=0)
     np.testing.assert_array_equal(learner.generative_model.m.numpy(), [1., 1.])
+
+
+_REGRESSION_KINDS = [1e-3, "cholesky", keras.layers.Dense(3)]
+
+
+@pytest.mark.parametrize("value", _REGRESSION_KINDS, ids=["number", "string", "layer"])
+def test_a_wrong_kind_of_regression_fails_at_construction_naming_the_argument(value):
+    model = FactorAnalysisModel(1, 2, seed=1)
+    with pytest.raises(TypeError, match=r"regression must be None .* or a KernelRidge layer.*Received: regression="):
+        AmortisedLearner(model, regression=value)
+    x = np.zeros([3, 2], np.float32)
+    with pytest.raises(TypeError, match="Received: regression="):
+        surrogate_log_marginal(model.joint_distribution, x, num_sleep=8, seed=[1, 2], regression=value)
+    with pytest.raises(TypeError, match="Received: regression="):
+        ridge_expectation(x, x, x, regression=value)
+
+
+def test_the_old_ridge_argument_of_the_learner_names_its_replacement():
+    with pytest.raises(TypeError, match=r"regression=KernelRidge\(ridge=1e-3\).*Received: ridge=0.001"):
+        AmortisedLearner(FactorAnalysisModel(1, 2, seed=1), ridge=1e-3)
+    with pytest.raises(TypeError, match="Received: ridge=<KernelRidge"):
+        AmortisedLearner(FactorAnalysisModel(1, 2, seed=1), ridge=KernelRidge())
+
+
+@pytest.mark.parametrize("arguments, error, message", [
+    ({"ridge": "small"}, TypeError, "ridge is the regulariser lambda.*Received: ridge='small' of type str"),
+    ({"ridge": None}, TypeError, "Received: ridge=None"),
+    ({"ridge": True}, TypeError, "Received: ridge=True"),
+    ({"ridge": -1.}, ValueError, "ridge must be positive and finite.*Received: ridge=-1.0"),
+    ({"bandwidth": None}, TypeError, "bandwidth is the kernel length scale.*Received: bandwidth=None"),
+    ({"bandwidth": [1.]}, TypeError, r"Received: bandwidth=\[1.0\]"),
+    ({"bandwidth_subsample": 2.5}, ValueError, "Received: bandwidth_subsample=2.5"),
+])
+def test_a_wrong_kind_of_lambda_or_bandwidth_fails_in_the_layer_and_the_function(arguments, error, message):
+    with pytest.raises(error, match=message):
+        KernelRidge(**arguments)
+    x = tf.random.stateless_normal([8, 2], seed=[1, 2])
+    with pytest.raises(error, match=message):
+        kernel_ridge_weights(x, x, **arguments)
+
+
+def test_numpy_numbers_are_accepted_where_python_numbers_are():
+    model = FactorAnalysisModel(1, 2, seed=1)
+    learner = AmortisedLearner(model, num_sleep=np.int64(16), num_holdout=np.int32(4),
+                               regression=KernelRidge(ridge=np.float32(1e-3), bandwidth=np.float64(0.5)))
+    assert (learner.num_sleep, learner.num_holdout) == (16, 4)
+    assert isinstance(learner.get_config()["num_sleep"], int)
+    assert learner.sample(1)["x"].shape == [1, 2]
+
+
+@pytest.mark.parametrize("learner_class", ["amortised", "variational"])
+def test_a_model_class_instead_of_an_instance_is_named(learner_class):
+    from tfp_amortised.baselines import MeanFieldEncoder, VariationalLearner  # pylint: disable=import-outside-toplevel
+    with pytest.raises(TypeError, match="instance of a GenerativeModel, not the class.*FactorAnalysisModel"):
+        if learner_class == "amortised":
+            AmortisedLearner(FactorAnalysisModel)
+        else:
+            VariationalLearner(FactorAnalysisModel, MeanFieldEncoder({"z": ("normal", 1)}))

@@ -5,19 +5,26 @@ kernel ridge regression on samples of the model itself turns the log-joint into 
 of the log marginal likelihood.
 """
 
-from tfp_amortised.estimator import ridge_expectation, sleep, surrogate_log_marginal, weighted_log_joint
+from tfp_amortised.base_learner import Learner
+from tfp_amortised.estimator import (AmortisedStep, amortised_step, ridge_expectation, sleep, surrogate_log_marginal,
+                                     weighted_log_joint)
 from tfp_amortised.generative import GenerativeModel
 from tfp_amortised.learner import AmortisedLearner
-from tfp_amortised.ridge import KernelRidge, median_bandwidth
+from tfp_amortised.ridge import KernelRidge, RegressionDiagnostics, median_bandwidth, regression_weights
 from tfp_amortised.solvers import ridge_weights
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AmortisedLearner",
+    "AmortisedStep",
     "GenerativeModel",
     "KernelRidge",
+    "Learner",
+    "RegressionDiagnostics",
+    "amortised_step",
     "median_bandwidth",
+    "regression_weights",
     "ridge_expectation",
     "ridge_weights",
     "sleep",

@@ -27,6 +27,8 @@ def replica_id_and_count():
 def local_num_sleep(num_sleep):
     """This replica's share `N / R` of the global sleep budget; `N` must be divisible by `R`."""
     _, count = replica_id_and_count()
+    if count == 1:
+        return num_sleep
     if num_sleep % count:
         raise ValueError(
             f"num_sleep must be divisible by the number of replicas ({count}) so that every replica draws the "

@@ -1,25 +1,50 @@
 """The amortised gradient estimator: sleep, regress, weight the log-joint (Wenliang et al., 2020).
 
-`surrogate_log_marginal` returns, for each wake observation `x_m`, a scalar `s_m` whose gradient with respect
-to the model parameters estimates `grad_theta log p_theta(x_m) = E_{p(z | x_m)}[grad_theta log p_theta(z, x_m)]`:
+`amortised_step` composes one step of amortised learning, the only place in the package that does:
+
+  1. sleep: `N` detached samples `(z_n, x_n) ~ p_theta` (plus `H` held out of the regression);
+  2. regress: kernel ridge weights `alpha: [M, N]` from the sleep observations to the wake observations;
+  3. weight: the surrogate `s_m` of each wake observation `x_m`, whose gradient with respect to the model
+     parameters estimates `grad_theta log p_theta(x_m) = E_{p(z | x_m)}[grad_theta log p_theta(z, x_m)]`:
 
     joint form:        s_m = sum_n alpha_n(x_m) log p_theta(z_n, x_n)
     conditional form:  s_m = sum_n alpha_n(x_m) log p_theta(z_n, x_m)
                            = sum_n alpha_n(x_m) [log p_theta(x_m | z_n) + log p_theta(z_n)]
 
-where `(z_n, x_n) ~ p_theta` are detached sleep samples and `alpha` are kernel ridge weights (held constant).
-The joint form regresses the gradient of the log-joint on `x`; the conditional form regresses functions of
-`z` only (the paper's natural-parameter regression for exponential-family likelihoods), which removes the
-observation noise from the target and is usually the more accurate of the two, at M x N likelihood terms.
+with `alpha` held constant. The joint form regresses the gradient of the log-joint on `x`; the conditional form
+regresses functions of `z` only (the paper's natural-parameter regression for exponential-family likelihoods),
+which removes the observation noise from the target, at `M x N` likelihood terms. `surrogate_log_marginal`,
+`AmortisedLearner`, export and the benchmarks all call `amortised_step`; under a `tf.distribute` strategy it
+shares the work between replicas (`tfp_amortised.distributed`).
 """
 
+import typing
+
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_amortised import _joint
-from tfp_amortised.ridge import kernel_ridge_weights
+from tfp_amortised import _joint, distributed
+from tfp_amortised.ridge import check_regression, flatten_events, regression_weights  # noqa: F401 (re-exported)
 
 FORMS = ("joint", "conditional")
+
+
+class AmortisedStep(typing.NamedTuple):
+    """What one amortised step returns (`amortised_step`).
+
+    Attributes:
+      surrogate: `Tensor[M]`, the surrogate `s_m` of every wake point (module docstring). Under a `tf.distribute`
+        strategy, this replica's part: the sum over its own sleep samples; the parts add up to the surrogate.
+      loss: scalar `Tensor`, `-mean_m s_m` (this replica's share under a strategy: the shares add up to it).
+      diagnostics: dict of scalar `Tensor`s, detached: `bandwidth` and `jitter` of the regression
+        (`RegressionDiagnostics`) and, with held-out sleep samples, `ridge_r2`, the out-of-sample R^2 of the ridge
+        prediction of the sleep log-joint at the held-out points.
+    """
+
+    surrogate: tf.Tensor
+    loss: tf.Tensor
+    diagnostics: dict
 
 
 def sleep(joint, num_sleep, seed):
@@ -27,31 +52,16 @@ def sleep(joint, num_sleep, seed):
 
     Args:
       joint: a `tfd.JointDistribution` with scalar batch shape, or a zero-argument callable returning one.
-      num_sleep: the number `N` of samples: a Python int >= 2, or a scalar integer Tensor (not checked).
+      num_sleep: the number `N` of samples: a Python or NumPy integer >= 1, or a scalar integer Tensor.
       seed: a stateless seed (`int32[2]` Tensor or pair of ints).
 
     Returns:
       dict `{node name: Tensor[N, *event_shape]}`, with gradients stopped.
     """
     joint = _joint.resolve_joint(joint)
-    if not (tf.is_tensor(num_sleep) and num_sleep.dtype.is_integer and num_sleep.shape.rank == 0):
-        _check_num_sleep(num_sleep)
+    num_sleep = check_num_sleep(num_sleep, minimum=1)
     seed = tfp.random.sanitize_seed(tf.cast(seed, tf.int32) if tf.is_tensor(seed) else seed)  # Keras seeds are int64
     return _joint.stop_gradient(_joint.as_named(joint, joint.sample(num_sleep, seed=seed)))
-
-
-def flatten_events(x, event_ndims=None):
-    """Reshapes `x: [*batch, *event_shape]` (event of rank `event_ndims`) to features `[*batch, prod(event_shape)]`.
-
-    By default (`event_ndims=None`) every axis but the first is the event: `[B, *event_shape] -> [B, D]`, the
-    input `KernelRidge` takes. The feature size stays static wherever the event shape is, even when the batch
-    size is unknown (a `tf.function` input, a distributed batch), since `KernelRidge` builds its weights from it.
-    """
-    x = tf.convert_to_tensor(x)
-    event_ndims = x.shape.rank - 1 if event_ndims is None else event_ndims
-    event_size = None if x.shape.rank is None else x.shape[x.shape.rank - event_ndims:].num_elements()
-    batch_shape = tf.shape(x)[:tf.rank(x) - event_ndims]
-    return tf.reshape(x, tf.concat([batch_shape, [-1 if event_size is None else event_size]], axis=0))
 
 
 def weighted_log_joint(joint, sleep_sample, weights, wake_x, *, observed="x", form="joint", sleep_log_joint=None):
@@ -70,6 +80,7 @@ def weighted_log_joint(joint, sleep_sample, weights, wake_x, *, observed="x", fo
     Returns:
       `Tensor[M]`.
     """
+    check_form(form)
     weights = tf.stop_gradient(weights)
     if form == "joint":
         log_joint = _joint.log_prob(joint, sleep_sample) if sleep_log_joint is None else sleep_log_joint  # [N]
@@ -83,28 +94,84 @@ def weighted_log_joint(joint, sleep_sample, weights, wake_x, *, observed="x", fo
     return tf.reduce_sum(weights * tf.cast(log_joint, weights.dtype), axis=-1)
 
 
-def surrogate_log_marginal(joint, wake_x, *, num_sleep, seed, observed="x", ridge=None, form="joint"):
-    """Per-observation surrogate whose parameter gradient estimates `grad log p_theta(wake_x[m])`.
+def amortised_step(joint, wake_x, *, num_sleep, seed, observed="x", regression=None, form="joint", num_holdout=0):
+    """One step of amortised learning: sleep, ridge weights, weighted log-joint and diagnostics (Wenliang et al.).
 
-    One call runs the whole estimator of Wenliang et al. (2020): draw `num_sleep` detached samples
-    from the model, compute kernel ridge weights from the sleep observations to the wake observations, and
-    weight the log-joint by them (module docstring, both forms). Differentiate the result inside a
-    `tf.GradientTape` in which `joint` was built (`tape.jacobian` for one gradient per wake point, or the mean
-    for a minibatch gradient). Its value is not `log p(x)`: only its gradient is meaningful.
+    Draws `num_sleep + num_holdout` detached sleep samples with `seed`, computes kernel ridge weights from the
+    first `num_sleep` sleep observations to the wake observations (and to the held-out ones), and weights the
+    log-joint by them (module docstring, both forms). One pass of the log-density over the sleep samples serves
+    the joint-form surrogate and the held-out R^2. Call it inside a `tf.GradientTape` in which `joint` was built
+    (pass the model's `joint_distribution` method: it is called here).
+
+    Under a `tf.distribute` strategy with `R` replicas (call it in the replica context), replica `r` draws
+    `num_sleep / R` sleep samples (and `num_holdout` held-out ones) with the seed folded with `r`, the sleep and
+    wake observations are all-gathered so every replica solves the same global regression, and each replica
+    weights only its own sleep samples: the replicas' losses add up to the single-device loss on the global
+    sleep set (`tfp_amortised.distributed`). With one replica this is the plain single-device step.
 
     Cost: `N` (joint form) or `M N` (conditional form) log-density terms, an `N x N` Gram matrix and one
-    Cholesky factorisation, O(N^3 / 3).
+    Cholesky factorisation, O(N^3 / 3), for the default exact solver.
+
+    Args:
+      joint: a `tfd.JointDistribution` (Coroutine, Sequential or Named; batched or AutoBatched) with scalar
+        batch shape, or a zero-argument callable returning one (called here, so inside the caller's tape).
+      wake_x: `Tensor[M, *event_shape]` of observations of the node `observed` (this replica's share).
+      num_sleep: `N >= 2`, the number of sleep samples of the regression (global, across replicas): a Python or
+        NumPy integer, or a scalar integer Tensor (one device only).
+      seed: a stateless seed (`int32[2]`); the same seed gives the same step.
+      observed: name of the observed node in `joint`.
+      regression: a `KernelRidge` layer, or None (default) for `KernelRidge`'s defaults computed by pure functions
+        (`regression_weights`), which create no Keras variables.
+      form: `"joint"` or `"conditional"`.
+      num_holdout: number `H >= 0` of extra sleep samples held out of the regression for `ridge_r2`.
+
+    Returns:
+      `AmortisedStep(surrogate [M], loss [], diagnostics {name: []})`.
+    """
+    joint = _joint.resolve_joint(joint)
+    check_form(form)
+    _joint.check_observed(joint, observed)
+    check_regression(regression)
+    num_sleep = check_num_sleep(num_sleep)
+    num_local = distributed.local_num_sleep(num_sleep)
+    with tf.name_scope("sleep"):
+        sample = sleep(joint, num_local + check_num_holdout(num_holdout), distributed.replica_seed(seed))
+    fit = {name: value[:num_local] for name, value in sample.items()}
+    wake_x = tf.cast(check_wake_x(wake_x, sample[observed], observed), sample[observed].dtype)
+    wake_x = tf.ensure_shape(wake_x, [None, *sample[observed].shape[1:]])  # distributed batches lose it
+    queries = tf.concat([wake_x, sample[observed][num_local:]], axis=0)  # wake, then held-out sleep
+    weights, regression_diagnostics = regression_weights(regression, distributed.gather(fit[observed]), queries)
+    num_wake = tf.shape(wake_x)[0]
+    all_weights = distributed.gather(weights[:num_wake])  # [M, N]: every replica's wake rows
+    log_joint = _joint.log_prob(joint, sample) if form == "joint" or num_holdout else None  # [N_r + H]
+    surrogate = weighted_log_joint(joint, fit, distributed.own_columns(all_weights, num_local),
+                                   distributed.gather(wake_x), observed=observed, form=form,
+                                   sleep_log_joint=None if log_joint is None else log_joint[:num_local])
+    loss = -tf.reduce_sum(surrogate) / tf.cast(tf.shape(surrogate)[0], surrogate.dtype)
+    diagnostics = {"bandwidth": regression_diagnostics.bandwidth, "jitter": regression_diagnostics.jitter}
+    if num_holdout:
+        diagnostics["ridge_r2"] = holdout_r2(distributed.gather(log_joint[:num_local]), log_joint[num_local:],
+                                             weights[num_wake:])
+    return AmortisedStep(surrogate, loss, {name: tf.stop_gradient(value) for name, value in diagnostics.items()})
+
+
+def surrogate_log_marginal(joint, wake_x, *, num_sleep, seed, observed="x", regression=None, form="joint"):
+    """Per-observation surrogate whose parameter gradient estimates `grad log p_theta(wake_x[m])`.
+
+    The surrogate of `amortised_step`, with no held-out samples: draw `num_sleep` detached samples from the model,
+    compute kernel ridge weights from the sleep observations to the wake observations, and weight the log-joint
+    by them (module docstring, both forms). Differentiate the result inside a `tf.GradientTape` in which `joint`
+    was built (`tape.jacobian` for one gradient per wake point, or the mean for a minibatch gradient). Its value
+    is not `log p(x)`: only its gradient is meaningful.
 
     Args:
       joint: a `tfd.JointDistribution` (Coroutine, Sequential or Named; batched or AutoBatched) with scalar
         batch shape, or a zero-argument callable returning one (called here, so inside the caller's tape).
       wake_x: `Tensor[M, *event_shape]` of observations of the node `observed`.
-      num_sleep: Python int `N >= 2`, the number of sleep samples.
+      num_sleep: integer `N >= 2`, the number of sleep samples.
       seed: a stateless seed (`int32[2]`); the same seed gives the same estimate.
       observed: name of the observed node in `joint`.
-      ridge: a `KernelRidge` layer, or None (default) for its defaults computed by pure functions: Gaussian
-        kernel, median-heuristic bandwidth, `DEFAULT_RIDGE` (`kernel_ridge_weights`); None creates no Keras
-        variables, so it also works inside a `tf.function` that does not own a layer.
+      regression: a `KernelRidge` layer, or None (default) for its defaults computed by pure functions.
       form: `"joint"` or `"conditional"`.
 
     Returns:
@@ -124,13 +191,45 @@ def surrogate_log_marginal(joint, wake_x, *, num_sleep, seed, observed="x", ridg
     [1] Li K. Wenliang, Theodore Moskovitz, Heishiro Kanagawa, Maneesh Sahani. Amortised Learning by
         Wake-Sleep. ICML 2020.
     """
-    joint = _joint.resolve_joint(joint)
-    _check_form(form)
-    _joint.check_observed(joint, observed)
-    sleep_sample = sleep(joint, num_sleep, seed)
-    wake_x = check_wake_x(wake_x, sleep_sample[observed], observed)
-    weights = _weights(ridge, flatten_events(sleep_sample[observed]), flatten_events(wake_x))
-    return weighted_log_joint(joint, sleep_sample, weights, wake_x, observed=observed, form=form)
+    return amortised_step(joint, wake_x, num_sleep=num_sleep, seed=seed, observed=observed, regression=regression,
+                          form=form).surrogate
+
+
+def ridge_expectation(sleep_x, query_x, values, regression=None):
+    """Kernel ridge estimate of `E[values | x]` at each query: `sum_n alpha_n(x_m) values_n`.
+
+    With sleep pairs `(z_n, x_n) ~ p` and `values_n = f(z_n)`, this estimates the posterior expectation
+    `E[f(z) | x_m]` with no encoder (Wenliang et al., ICML 2020).
+
+    Args:
+      sleep_x: `Tensor[N, *event_shape]` sleep observations (or any features of them).
+      query_x: `Tensor[M, *event_shape]` the same for the query points.
+      values: `Tensor[N, ...]` one target per sleep sample.
+      regression: a `KernelRidge` layer, or None for the default kernel ridge weights (`regression_weights`).
+
+    Returns:
+      `Tensor[M, ...]`.
+    """
+    weights, _ = regression_weights(regression, sleep_x, query_x)  # [M, N]
+    return tf.tensordot(weights, tf.cast(values, weights.dtype), axes=1)
+
+
+def holdout_r2(fitted, target, holdout_weights):
+    """Out-of-sample R^2 of the ridge prediction of the sleep log-joint at held-out sleep points.
+
+    Args:
+      fitted: `Tensor[N]`, log-joint of the sleep samples the regression was fitted on.
+      target: `Tensor[H]`, log-joint of the held-out sleep samples.
+      holdout_weights: `Tensor[H, N]`, ridge weights at the held-out observations.
+
+    Returns:
+      Scalar `Tensor`: `1 - mean (target - prediction)^2 / var(target)`.
+    """
+    target = tf.stop_gradient(tf.cast(target, holdout_weights.dtype))
+    fitted = tf.stop_gradient(tf.cast(fitted, holdout_weights.dtype))
+    prediction = tf.linalg.matvec(holdout_weights, fitted)
+    residual = tf.reduce_mean(tf.square(target - prediction))
+    return 1. - residual / (tf.math.reduce_variance(target) + np.finfo(np.float32).tiny)
 
 
 def check_wake_x(wake_x, sleep_x, observed):
@@ -154,37 +253,23 @@ def check_wake_x(wake_x, sleep_x, observed):
     return wake_x
 
 
-def ridge_expectation(sleep_x, query_x, values, ridge=None):
-    """Kernel ridge estimate of `E[values | x]` at each query: `sum_n alpha_n(x_m) values_n`.
-
-    With sleep pairs `(z_n, x_n) ~ p` and `values_n = f(z_n)`, this estimates the posterior expectation
-    `E[f(z) | x_m]` with no encoder (Wenliang et al., ICML 2020).
-
-    Args:
-      sleep_x: `Tensor[N, D]` flattened sleep observations (or any features of them).
-      query_x: `Tensor[M, D]` the same features of the query points.
-      values: `Tensor[N, ...]` one target per sleep sample.
-      ridge: a `KernelRidge` layer, or None for the default kernel ridge weights (`kernel_ridge_weights`).
-
-    Returns:
-      `Tensor[M, ...]`.
-    """
-    weights = _weights(ridge, sleep_x, query_x)  # [M, N]
-    return tf.tensordot(weights, tf.cast(values, weights.dtype), axes=1)
+def check_num_sleep(num_sleep, minimum=2, argument="num_sleep"):
+    """`num_sleep` as a Python int (or the scalar integer Tensor itself); a ValueError naming it when invalid."""
+    if tf.is_tensor(num_sleep) and num_sleep.dtype.is_integer and num_sleep.shape.rank == 0:
+        return num_sleep
+    if isinstance(num_sleep, (int, np.integer)) and not isinstance(num_sleep, bool) and num_sleep >= minimum:
+        return int(num_sleep)
+    raise ValueError(f"{argument} must be an integer >= {minimum}. Received: {argument}={num_sleep!r}")
 
 
-def _weights(ridge, sleep_x, query_x):
-    """`ridge(sleep_x, query_x)`, or the default kernel ridge weights `[M, N]` when `ridge` is None."""
-    if ridge is not None:
-        return ridge(sleep_x, query_x)
-    return kernel_ridge_weights(tf.cast(sleep_x, tf.float32), tf.cast(query_x, tf.float32))[0]
+def check_num_holdout(num_holdout):
+    """`num_holdout` as a Python int >= 0; a ValueError naming it otherwise."""
+    if isinstance(num_holdout, (int, np.integer)) and not isinstance(num_holdout, bool) and num_holdout >= 0:
+        return int(num_holdout)
+    raise ValueError(f"num_holdout must be a non-negative integer. Received: num_holdout={num_holdout!r}")
 
 
-def _check_num_sleep(num_sleep):
-    if not (isinstance(num_sleep, int) and num_sleep >= 2):
-        raise ValueError(f"num_sleep must be an integer >= 2. Received: num_sleep={num_sleep!r}")
-
-
-def _check_form(form):
+def check_form(form):
+    """A ValueError naming `form` unless it is one of `FORMS`."""
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}. Received: form={form!r}")

@@ -12,7 +12,7 @@ Endpoints (all `tf.function`s with input signatures):
     E[z | x] ~= sum_n alpha_n(x) z_n,      alpha(x) = (K + N lam I)^{-1} k(X, x),
 
 on a sleep set `(z_n, x_n)` drawn at export time and stored in the SavedModel (variable collection
-`sleep_set`), by a copy of the learner's `KernelRidge` (same kernel, solver, `lam` and feature map, the map shared
+`sleep_set`), by a copy of the learner's `KernelRidge` regression (same kernel, solver, `lam` and feature map, the map shared
 with the learner) whose bandwidth is frozen at its export-time value: the median heuristic on the stored set's
 kernel inputs, or the fixed bandwidth. With the default Cholesky solver each call factorises the `N x N` Gram
 matrix, O(N^3 / 3).
@@ -22,8 +22,8 @@ import keras
 import tensorflow as tf
 
 from tfp_amortised import _joint
-from tfp_amortised.estimator import flatten_events, sleep
-from tfp_amortised.ridge import KernelRidge, median_bandwidth
+from tfp_amortised.estimator import sleep
+from tfp_amortised.ridge import KernelRidge, flatten_events, median_bandwidth
 
 
 def export_learner(learner, filepath, num_sleep=None, seed=(0, 0), verbose=False):
@@ -53,10 +53,10 @@ def export_learner(learner, filepath, num_sleep=None, seed=(0, 0), verbose=False
     names = _joint.node_names(joint)
     sleep_set = sleep(joint, num_sleep, seed)
     stored = {name: keras.Variable(value, trainable=False, name=f"sleep_{name}") for name, value in sleep_set.items()}
-    frozen_ridge = KernelRidge.from_config({
-        **learner.ridge.get_config(), "name": "frozen_ridge", "ridge": float(learner.ridge.ridge),
-        "bandwidth": float(_frozen_bandwidth(learner.ridge, sleep_set[learner.observed])),
-        "features": learner.ridge.features})
+    frozen_regression = KernelRidge.from_config({
+        **learner.regression.get_config(), "name": "frozen_regression", "ridge": float(learner.regression.ridge),
+        "bandwidth": float(_frozen_bandwidth(learner.regression, sleep_set[learner.observed])),
+        "features": learner.regression.features})
 
     def sample(num_samples, seed):
         joint = learner.joint_distribution()
@@ -66,11 +66,11 @@ def export_learner(learner, filepath, num_sleep=None, seed=(0, 0), verbose=False
         return _joint.log_prob(learner.joint_distribution(), dict(zip(names, values)))
 
     def posterior_mean(x):
-        return _posterior_mean(frozen_ridge, {name: v.value for name, v in stored.items()}, learner.observed, x)
+        return _posterior_mean(frozen_regression, {name: v.value for name, v in stored.items()}, learner.observed, x)
 
     archive = keras.export.ExportArchive()
     archive.track(learner)
-    archive.track(frozen_ridge)
+    archive.track(frozen_regression)
     archive.add_variable_collection("sleep_set", list(stored.values()))
     archive.add_endpoint("sample", sample, input_signature=[
         tf.TensorSpec([], tf.int32, name="num_samples"), tf.TensorSpec([2], tf.int32, name="seed")])
@@ -82,18 +82,18 @@ def export_learner(learner, filepath, num_sleep=None, seed=(0, 0), verbose=False
     archive.write_out(filepath, verbose=verbose)
 
 
-def _frozen_bandwidth(ridge, sleep_x):
+def _frozen_bandwidth(regression, sleep_x):
     """The bandwidth `posterior_mean` uses: the median heuristic on what the kernel sees of the stored sleep set
-    (`ridge.kernel_inputs`: its features, standardised if the ridge does so), or the fixed one."""
-    if ridge.bandwidth_rule != "median":
-        return ridge.bandwidth
-    sleep_inputs, _ = ridge.kernel_inputs(flatten_events(sleep_x), flatten_events(sleep_x[:1]))
-    return median_bandwidth(sleep_inputs, ridge.bandwidth_subsample)
+    (`regression.kernel_inputs`: its features, standardised if the regression does so), or the fixed one."""
+    if regression.bandwidth_rule != "median":
+        return regression.bandwidth
+    sleep_inputs, _ = regression.kernel_inputs(sleep_x, sleep_x[:1])
+    return median_bandwidth(sleep_inputs, regression.bandwidth_subsample)
 
 
-def _posterior_mean(ridge, sleep_set, observed, x):
+def _posterior_mean(regression, sleep_set, observed, x):
     """`{latent: [M, *event_shape]}`: ridge regression of each latent of `sleep_set` on its `x`, evaluated at `x`."""
-    weights = ridge(flatten_events(sleep_set[observed]), flatten_events(x))  # [M, N]
+    weights = regression(sleep_set[observed], x)  # [M, N]
     return {name: tf.reshape(tf.matmul(weights, tf.cast(flatten_events(value), weights.dtype)),
                              tf.concat([tf.shape(x)[:1], tf.shape(value)[1:]], 0))
             for name, value in sleep_set.items() if name != observed}

@@ -7,11 +7,21 @@ Kernel ridge regression of any target `t_n` on sleep observations `x_n` predicts
 The weights depend on the sleep and query observations only, so one Cholesky factor of `K + N lam I` serves
 every target: the log-joint, functions of the latents, or held-out diagnostics. This module holds the Keras
 layer `KernelRidge`, its whole computation as a pure function (`kernel_ridge_weights`: centring, the median
-heuristic bandwidth, the kernel and a solver from `tfp_amortised.solvers`), and `standardise` for kernels on
-features of the observations (`features=`, e.g. summary statistics of a series).
+heuristic bandwidth, the kernel and a solver from `tfp_amortised.solvers`), `regression_weights` (the weights of
+a `KernelRidge` layer, or of the defaults when there is none), and the helpers `flatten_events` and `standardise`.
+
+Every setting has one name and one default, shared by the function and the layer (`DEFAULTS`):
+
+    kernel               "gaussian"   a key of KERNELS
+    bandwidth            "median"     the median heuristic on each sleep set, or a positive length scale
+    ridge                1e-3         the regulariser lam > 0 (always a number); the Gram matrix gets N lam
+    bandwidth_subsample  512          rows the median heuristic looks at
+    solver               "cholesky"   a key of tfp_amortised.solvers.SOLVERS
+    intercept            False        regress targets centred on their sleep mean
 """
 
 import math
+import typing
 
 import keras
 import numpy as np
@@ -29,30 +39,93 @@ KERNELS = {
     "matern52": psd_kernels.MaternFiveHalves,
 }
 
-DEFAULT_RIDGE = 1e-3
+DEFAULTS = {"kernel": "gaussian", "bandwidth": "median", "ridge": 1e-3, "bandwidth_subsample": 512,
+            "solver": "cholesky", "intercept": False}
+DEFAULT_RIDGE = DEFAULTS["ridge"]
 
 
-def median_bandwidth(x, max_points=512):
+class RegressionDiagnostics(typing.NamedTuple):
+    """What one regression used and needed, returned with its weights (never stored in the layer).
+
+    Attributes:
+      bandwidth: scalar `Tensor`, the kernel length scale used (the median heuristic's value, or the fixed one).
+      jitter: scalar `Tensor`, the diagonal shift beyond `N lam` that the solver's Cholesky needed (0 when none;
+        nonzero flags a numerically singular system, which was repaired).
+    """
+
+    bandwidth: tf.Tensor
+    jitter: tf.Tensor
+
+
+def check_settings(kernel=DEFAULTS["kernel"], bandwidth=DEFAULTS["bandwidth"], ridge=DEFAULTS["ridge"],
+                   bandwidth_subsample=DEFAULTS["bandwidth_subsample"], solver=DEFAULTS["solver"],
+                   intercept=DEFAULTS["intercept"]):
+    """Raises a ValueError (TypeError for a wrong kind of value) naming the first invalid regression setting.
+
+    Tensors are accepted for `bandwidth` and `ridge` (a learned or traced value) and not checked here.
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {sorted(KERNELS)}. Received: kernel={kernel!r}")
+    bandwidth_meaning = "the kernel length scale: 'median' or a positive finite number"
+    if isinstance(bandwidth, str) and bandwidth != "median":
+        raise ValueError(f"bandwidth is {bandwidth_meaning}. Received: bandwidth={bandwidth!r}")
+    if not (isinstance(bandwidth, str) or tf.is_tensor(bandwidth)):
+        _check_positive_number(bandwidth, "bandwidth", bandwidth_meaning)
+    if not tf.is_tensor(ridge):
+        _check_positive_number(ridge, "ridge", "the regulariser lambda: a positive finite number")
+    if not (isinstance(bandwidth_subsample, (int, np.integer)) and not isinstance(bandwidth_subsample, bool)
+            and bandwidth_subsample >= 2):
+        raise ValueError(
+            f"bandwidth_subsample must be an integer >= 2. Received: bandwidth_subsample={bandwidth_subsample!r}")
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {sorted(SOLVERS)}. Received: solver={solver!r}")
+    if not isinstance(intercept, bool):
+        raise ValueError(f"intercept must be True or False. Received: intercept={intercept!r}")
+
+
+def _check_positive_number(value, argument, meaning):
+    """A TypeError unless `value` is a real number, a ValueError unless it is positive and finite."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{argument} is {meaning}. Received: {argument}={value!r} of type {type(value).__name__}")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{argument} must be positive and finite ({meaning}). Received: {argument}={value!r}")
+
+
+def flatten_events(x, event_ndims=None):
+    """Reshapes `x: [*batch, *event_shape]` (event of rank `event_ndims`) to features `[*batch, prod(event_shape)]`.
+
+    By default (`event_ndims=None`) every axis but the first is the event: `[B, *event_shape] -> [B, D]`, what the
+    kernel compares. The feature size stays static wherever the event shape is, even when the batch size is
+    unknown (a `tf.function` input, a distributed batch).
+    """
+    x = tf.convert_to_tensor(x)
+    event_ndims = x.shape.rank - 1 if event_ndims is None else event_ndims
+    event_size = None if x.shape.rank is None else x.shape[x.shape.rank - event_ndims:].num_elements()
+    batch_shape = tf.shape(x)[:tf.rank(x) - event_ndims]
+    return tf.reshape(x, tf.concat([batch_shape, [-1 if event_size is None else event_size]], axis=0))
+
+
+def median_bandwidth(x, bandwidth_subsample=DEFAULTS["bandwidth_subsample"]):
     """Median heuristic bandwidth: the median distance between two independent rows of `x`.
 
-    Rows are i.i.d. sleep draws, so the first `max_points` of them are a random subsample: the distances
-    between its first and second halves are `(max_points / 2)^2` pairs of independent points, with no
-    zero self-distances to bias the median. Cost O(max_points^2 D), not O(N^2 D).
-
-    Args:
-      x: `Tensor[N, D]` of i.i.d. rows, `N >= 2`.
-      max_points: size of the subsample.
+    Rows are i.i.d. sleep draws, so the first `bandwidth_subsample` of them are a random subsample: the distances
+    between its first and second halves are `(bandwidth_subsample / 2)^2` pairs of independent points, with no
+    zero self-distances to bias the median. Cost O(bandwidth_subsample^2 D), not O(N^2 D).
 
     When more than half of the pairs coincide (discrete observations), the median is 0 and would give a
     degenerate kernel: the root-mean-square distance is used instead, and 1 when every row is the same.
+
+    Args:
+      x: `Tensor[N, D]` of i.i.d. rows, `N >= 2`.
+      bandwidth_subsample: size of the subsample.
 
     Returns:
       Scalar `Tensor`: the median Euclidean distance (or its fallback), always positive.
     """
     if x.shape[0] is not None:
-        half = min(max_points, x.shape[0]) // 2
+        half = min(bandwidth_subsample, x.shape[0]) // 2
     else:  # the number of rows is known only when the graph runs
-        half = tf.minimum(max_points, tf.shape(x)[0]) // 2
+        half = tf.minimum(bandwidth_subsample, tf.shape(x)[0]) // 2
     first, second = x[:half], x[half:2 * half]
     square_distance = tf.maximum(tf.reduce_sum(first**2, -1)[:, None] + tf.reduce_sum(second**2, -1)[None, :]
                                  - 2. * tf.matmul(first, second, transpose_b=True), 0.)
@@ -64,8 +137,10 @@ def median_bandwidth(x, max_points=512):
     return tf.sqrt(tf.where(median > resolution, median, fallback))
 
 
-def kernel_ridge_weights(sleep_x, query_x, kernel="gaussian", bandwidth=None, ridge=DEFAULT_RIDGE,
-                         solver="cholesky", bandwidth_subsample=512, intercept=False, **solver_options):
+def kernel_ridge_weights(sleep_x, query_x, kernel=DEFAULTS["kernel"], bandwidth=DEFAULTS["bandwidth"],
+                         ridge=DEFAULTS["ridge"], solver=DEFAULTS["solver"],
+                         bandwidth_subsample=DEFAULTS["bandwidth_subsample"], intercept=DEFAULTS["intercept"],
+                         **solver_options):
     """Kernel ridge weights with a named kernel and solver: the computation of `KernelRidge`, as a pure function.
 
     Both sets are first centred on the sleep mean: the kernels are stationary, so this changes nothing but
@@ -76,7 +151,7 @@ def kernel_ridge_weights(sleep_x, query_x, kernel="gaussian", bandwidth=None, ri
       sleep_x: `Tensor[N, D]`.
       query_x: `Tensor[M, D]`.
       kernel: a key of `KERNELS`.
-      bandwidth: the length scale, or None for `median_bandwidth` on `bandwidth_subsample` sleep rows.
+      bandwidth: `"median"` for `median_bandwidth` on `bandwidth_subsample` sleep rows, or the length scale.
       ridge: scalar `lam > 0`.
       solver: a key of `SOLVERS`; `solver_options` are passed on to it.
       bandwidth_subsample: subsample size of the median heuristic.
@@ -84,20 +159,50 @@ def kernel_ridge_weights(sleep_x, query_x, kernel="gaussian", bandwidth=None, ri
         (t_n - t_bar)`: the weights become `alpha_n + (1 - sum_k alpha_k) / N` and sum to one for each query.
 
     Returns:
-      weights: `Tensor[M, N]`.
-      bandwidth: scalar `Tensor`, the length scale used.
-      jitter: scalar `Tensor`, the diagonal shift the solver's Cholesky needed.
+      `(weights, diagnostics)`: `Tensor[M, N]` and `RegressionDiagnostics`.
     """
+    check_settings(kernel, bandwidth, ridge, bandwidth_subsample, solver, intercept)
     center = tf.reduce_mean(sleep_x, axis=0)
     sleep_x, query_x = sleep_x - center, query_x - center
-    if bandwidth is None:
+    if isinstance(bandwidth, str):
         bandwidth = median_bandwidth(sleep_x, bandwidth_subsample)
+    bandwidth = tf.cast(bandwidth, sleep_x.dtype)
     weights, jitter = SOLVERS[solver](KERNELS[kernel](length_scale=bandwidth), sleep_x, query_x,
                                       tf.cast(ridge, sleep_x.dtype), **solver_options)
     if intercept:
         num_sleep = tf.cast(tf.shape(weights)[-1], weights.dtype)
         weights += (1. - tf.reduce_sum(weights, axis=-1, keepdims=True)) / num_sleep
-    return weights, bandwidth, jitter
+    return weights, RegressionDiagnostics(bandwidth=bandwidth, jitter=jitter)
+
+
+def regression_weights(regression, sleep_x, query_x):
+    """Ridge weights from sleep to query observations, by a `KernelRidge` layer or, when None, by the defaults.
+
+    The default path (`regression=None`) is `kernel_ridge_weights` with `DEFAULTS` in float32: it creates no Keras
+    variables, so it also runs inside a `tf.function` that owns no layer.
+
+    Args:
+      regression: a `KernelRidge` layer, or None.
+      sleep_x: `Tensor[N, *event_shape]` sleep observations.
+      query_x: `Tensor[M, *event_shape]` query observations.
+
+    Returns:
+      `(weights, diagnostics)`: `Tensor[M, N]` and `RegressionDiagnostics`.
+    """
+    check_regression(regression)
+    if regression is not None:
+        return regression(sleep_x, query_x, return_diagnostics=True)
+    return kernel_ridge_weights(tf.cast(flatten_events(sleep_x), tf.float32),
+                                tf.cast(flatten_events(query_x), tf.float32))
+
+
+def check_regression(regression, argument="regression"):
+    """Raises a TypeError naming `argument` unless `regression` is None or a `KernelRidge` layer."""
+    if regression is not None and not isinstance(regression, KernelRidge):
+        hint = (" (the regulariser lambda is KernelRidge's `ridge`: pass regression=KernelRidge(ridge=...))"
+                if isinstance(regression, (int, float, np.number)) else "")
+        raise TypeError(f"{argument} must be None (the default kernel ridge regression) or a KernelRidge layer{hint}. "
+                        f"Received: {argument}={regression!r} of type {type(regression).__name__}")
 
 
 def standardise(sleep_x, query_x):
@@ -128,17 +233,22 @@ class KernelRidge(keras.layers.Layer):
 
     `KernelRidge()(sleep_x, query_x)` returns `alpha: [M, N]` with `alpha[m] = (K + N lam I)^{-1} k(X, x_m)`
     (Wenliang et al., 2020). The kernel comes from `tfp.math.psd_kernels`; its length scale is the
-    median heuristic on a subsample of each sleep set (default) or a fixed value. The log bandwidth and the
-    log ridge are non-trainable Keras weights: the first records the bandwidth used by the last call, so it
-    can be logged, saved and restored.
+    median heuristic on a subsample of each sleep set (default) or a fixed value. With
+    `return_diagnostics=True` the call returns `(alpha, RegressionDiagnostics)`: the bandwidth used and the
+    jitter the Cholesky needed, as values (the layer's state never changes in a call).
 
-    The kernel acts on the observations themselves, or on `features` of them (summary statistics of a series,
+    The kernel acts on the flattened observations, or on `features` of them (summary statistics of a series,
     an embedding) when that map is given: `k(phi(x), phi(y))`. With `standardise_features=True` each column of
     what the kernel sees is standardised by the sleep set's mean and standard deviation (`standardise`), before
     the median heuristic; both steps are recomputed from each call's sleep set, in TensorFlow.
 
+    The regression computes in the layer's dtype (float32 by default, `dtype="float64"` for double precision),
+    never in half precision: under a global `mixed_float16` or `mixed_bfloat16` policy it uses float32, since
+    there is no half-precision Cholesky.
+
     Input shape:
-      `sleep_x: [N, D]` and `query_x: [M, D]`, with the same feature size `D` (flatten event dimensions first).
+      `sleep_x: [N, *event_shape]` and `query_x: [M, *event_shape]`, batches of the same observed node (or any
+      `[B, D]` features of it).
 
     Output shape:
       `[M, N]`.
@@ -146,7 +256,7 @@ class KernelRidge(keras.layers.Layer):
     Args:
       kernel: one of `"gaussian"` (default), `"matern12"`, `"matern32"`, `"matern52"`.
       bandwidth: `"median"` (default) for the median heuristic, or a positive float length scale.
-      ridge: the regulariser `lam > 0`; the Gram matrix gets `N lam` on its diagonal.
+      ridge: the regulariser `lam > 0` (a number); the Gram matrix gets `N lam` on its diagonal.
       bandwidth_subsample: number of sleep points the median heuristic looks at.
       solver: `"cholesky"` (default; exact, `ridge_weights`), `"random_features"` (random Fourier features,
         `random_feature_ridge_weights`) or `"nystrom"` (`nystrom_ridge_weights`). The two approximations
@@ -155,12 +265,12 @@ class KernelRidge(keras.layers.Layer):
       num_inducing: number of Nystrom inducing points (`solver="nystrom"`).
       seed: integer seed of the random Fourier frequencies; fixed, so every call uses the same frequencies
         (scaled by the current bandwidth).
-      features: None (default: the kernel acts on the observations), or a callable mapping observations
-        `[B, D]` to features `[B, F]` (row by row, for any `B`; `F` known statically), applied to the sleep and
-        query sets before standardisation, the median heuristic and the kernel. Pass a Keras layer registered
-        with `keras.saving.register_keras_serializable` for `get_config` and `.keras` saving to work. Its
-        weights, if any, are not trained by `AmortisedLearner` (the ridge weights are constants of the
-        gradient).
+      features: None (default: the kernel acts on the flattened observations), or a callable mapping a batch of
+        observations `[B, *event_shape]` to features `[B, F]` (row by row, for any `B`; `F` known statically),
+        applied to the sleep and query sets before standardisation, the median heuristic and the kernel. Pass a
+        Keras layer registered with `keras.saving.register_keras_serializable` for `get_config` and `.keras`
+        saving to work. Its weights, if any, are not trained by `AmortisedLearner` (the ridge weights are
+        constants of the gradient).
       standardise_features: whether to standardise each column of the kernel's input (the features, or the
         observations when `features` is None) by the sleep set's mean and standard deviation (`standardise`).
       intercept: False (default) for plain kernel ridge regression, which shrinks every prediction towards 0
@@ -171,9 +281,10 @@ class KernelRidge(keras.layers.Layer):
     #### Examples
 
     ```python
-    ridge = KernelRidge(ridge=1e-3)
-    alpha = ridge(sleep_x, wake_x)           # [M, N]
-    posterior_mean = alpha @ sleep_z         # E[z | x_m] for every wake point
+    regression = KernelRidge(ridge=1e-3)
+    alpha = regression(sleep_x, wake_x)                    # [M, N]
+    posterior_mean = alpha @ sleep_z                       # E[z | x_m] for every wake point
+    alpha, diagnostics = regression(sleep_x, wake_x, return_diagnostics=True)
     fast = KernelRidge(solver="random_features", num_features=2048)  # for N = 50 000 sleep samples
     # the kernel on standardised summary statistics (BlowflySummaries from tfp_amortised.models.blowfly)
     summaries = KernelRidge(features=BlowflySummaries(), standardise_features=True)
@@ -188,38 +299,30 @@ class KernelRidge(keras.layers.Layer):
         NeurIPS 2001.
     """
 
-    def __init__(self, kernel="gaussian", bandwidth="median", ridge=DEFAULT_RIDGE, bandwidth_subsample=512,
-                 solver="cholesky", num_features=1024, num_inducing=512, seed=0, features=None,
-                 standardise_features=False, intercept=False, **kwargs):
+    def __init__(self, kernel=DEFAULTS["kernel"], bandwidth=DEFAULTS["bandwidth"], ridge=DEFAULTS["ridge"],
+                 bandwidth_subsample=DEFAULTS["bandwidth_subsample"], solver=DEFAULTS["solver"], num_features=1024,
+                 num_inducing=512, seed=0, features=None, standardise_features=False,
+                 intercept=DEFAULTS["intercept"], **kwargs):
+        if kwargs.get("dtype") is None and keras.config.dtype_policy().compute_dtype in ("float16", "bfloat16"):
+            kwargs["dtype"] = "float32"  # no half-precision Cholesky kernel exists
         super().__init__(**kwargs)
         if features is not None and not callable(features):
-            raise TypeError(f"features must be None or a callable mapping [B, D] to [B, F]. Received: features of "
-                            f"type {type(features).__name__}")
+            raise TypeError(f"features must be None or a callable mapping [B, *event_shape] to [B, F]. "
+                            f"Received: features of type {type(features).__name__}")
         if not isinstance(standardise_features, bool):
             raise ValueError(f"standardise_features must be True or False. "
                              f"Received: standardise_features={standardise_features!r}")
-        if not isinstance(intercept, bool):
-            raise ValueError(f"intercept must be True or False. Received: intercept={intercept!r}")
+        check_settings(kernel, bandwidth, ridge, bandwidth_subsample, solver, intercept)
+        _check_solver_options(num_features, num_inducing, seed)
         self.features, self.standardise_features, self.intercept = features, standardise_features, intercept
-        if kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {sorted(KERNELS)}. Received: kernel={kernel!r}")
-        if not (bandwidth == "median" or (isinstance(bandwidth, (int, float)) and bandwidth > 0)):
-            raise ValueError(f"bandwidth must be 'median' or a positive number. Received: bandwidth={bandwidth!r}")
-        if not (isinstance(ridge, (int, float)) and ridge > 0 and math.isfinite(ridge)):
-            raise ValueError(f"ridge must be a positive finite number. Received: ridge={ridge!r}")
-        if not (isinstance(bandwidth_subsample, int) and bandwidth_subsample >= 2):
-            raise ValueError(
-                f"bandwidth_subsample must be an integer >= 2. Received: bandwidth_subsample={bandwidth_subsample!r}")
-        _check_solver(solver, num_features, num_inducing, seed)
         self.solver, self.num_features, self.num_inducing, self.seed = solver, num_features, num_inducing, seed
         self.kernel_name = kernel
         self.bandwidth_rule = bandwidth
-        self.bandwidth_subsample = bandwidth_subsample
+        self.bandwidth_subsample = int(bandwidth_subsample)
         self.initial_ridge = float(ridge)
-        initial_bandwidth = 1. if bandwidth == "median" else float(bandwidth)
+        initial_bandwidth = 1. if isinstance(bandwidth, str) else float(bandwidth)
         self.log_bandwidth = self._scalar_weight("log_bandwidth", math.log(initial_bandwidth))
         self.log_ridge = self._scalar_weight("log_ridge", math.log(ridge))
-        self.jitter = self._scalar_weight("jitter", 0.)
         self.built = True
 
     def _scalar_weight(self, name, value):
@@ -230,8 +333,9 @@ class KernelRidge(keras.layers.Layer):
 
     @property
     def bandwidth(self):
-        """Scalar `Tensor`: the kernel length scale used by the last call (or the fixed one)."""
-        return tf.exp(self.log_bandwidth)
+        """Scalar `Tensor`: the fixed kernel length scale, or None with `bandwidth="median"` (recomputed each call
+        and returned in the call's `RegressionDiagnostics`)."""
+        return None if isinstance(self.bandwidth_rule, str) else tf.exp(self.log_bandwidth)
 
     @property
     def ridge(self):
@@ -239,47 +343,48 @@ class KernelRidge(keras.layers.Layer):
         return tf.exp(self.log_ridge)
 
     def kernel_inputs(self, sleep_x, query_x):
-        """What the kernel compares: the observations, or their `features`, standardised if asked.
+        """What the kernel compares: the flattened observations, or their `features`, standardised if asked.
 
         Args:
-          sleep_x: `[N, D]` sleep observations.
-          query_x: `[M, D]` query observations.
+          sleep_x: `[N, *event_shape]` sleep observations.
+          query_x: `[M, *event_shape]` query observations.
 
         Returns:
-          `(Tensor[N, F], Tensor[M, F])` of the layer's compute dtype (`F = D` without `features`).
+          `(Tensor[N, F], Tensor[M, F])` of the layer's compute dtype (`F = prod(event_shape)` without `features`).
         """
         sleep_x = _as_real(sleep_x, "sleep_x", self.compute_dtype)
         query_x = _as_real(query_x, "query_x", self.compute_dtype)
-        _check_features(sleep_x, query_x)
+        _check_batches(sleep_x, query_x)
         if self.features is not None:
             sleep_x, query_x = self._apply_features(sleep_x), self._apply_features(query_x)
+        else:
+            sleep_x, query_x = flatten_events(sleep_x), flatten_events(query_x)
         if self.standardise_features:
             sleep_x, query_x = standardise(sleep_x, query_x)
         return sleep_x, query_x
 
     def _apply_features(self, x):
-        """`features(x)`: `[B, D] -> [B, F]` in the compute dtype; a ValueError naming `features` otherwise."""
+        """`features(x)`: `[B, *event_shape] -> [B, F]` in the compute dtype; a ValueError naming `features` else."""
         value = tf.cast(self.features(x), self.compute_dtype)
         if value.shape.rank != 2 or not value.shape[:1].is_compatible_with(x.shape[:1]) or value.shape[1] is None:
             name = getattr(self.features, "name", None) or getattr(self.features, "__name__", type(self.features))
             raise ValueError(
-                "features must map observations of shape [B, D] to features of shape [B, F] (F known statically). "
-                f"Received: features={name!s} returning shape {value.shape} for input of shape {x.shape}")
+                "features must map observations of shape [B, *event_shape] to features of shape [B, F] (F known "
+                f"statically). Received: features={name!s} returning shape {value.shape} for input of shape "
+                f"{x.shape}")
         return value
 
-    def call(self, sleep_x, query_x):
+    def call(self, sleep_x, query_x, return_diagnostics=False):
+        """`alpha: [M, N]`, or `(alpha, RegressionDiagnostics)` with `return_diagnostics=True`."""
         sleep_x, query_x = self.kernel_inputs(sleep_x, query_x)
-        median = self.bandwidth_rule == "median"
-        weights, bandwidth, jitter = kernel_ridge_weights(
+        bandwidth = self.bandwidth_rule
+        weights, diagnostics = kernel_ridge_weights(
             sleep_x, query_x, kernel=self.kernel_name,
-            bandwidth=None if median else tf.exp(tf.cast(self.log_bandwidth, self.compute_dtype)),
+            bandwidth=bandwidth if isinstance(bandwidth, str) else tf.exp(tf.cast(self.log_bandwidth, self.compute_dtype)),
             ridge=tf.exp(tf.cast(self.log_ridge, self.compute_dtype)), solver=self.solver,
             bandwidth_subsample=self.bandwidth_subsample, intercept=self.intercept, **self._solver_options())
-        if median:
-            self.log_bandwidth.assign(tf.cast(tf.math.log(bandwidth), self.log_bandwidth.dtype))
-        _check_bandwidth(self.bandwidth)
-        self.jitter.assign(tf.cast(jitter, self.jitter.dtype))
-        return weights
+        _check_bandwidth(diagnostics.bandwidth)
+        return (weights, diagnostics) if return_diagnostics else weights
 
     def _solver_options(self):
         if self.solver == "random_features":
@@ -290,6 +395,15 @@ class KernelRidge(keras.layers.Layer):
 
     def compute_output_shape(self, sleep_x_shape, query_x_shape):
         return (query_x_shape[0], sleep_x_shape[0])
+
+    def load_own_variables(self, store):
+        """Keras loading hook. Files written by 0.1.0 also stored a `jitter` diagnostic (a third variable), or,
+        inside a learner, stored the layer under the learner's old attribute name `ridge` (so none reach here):
+        their state is the configuration's, which the constructor has already set."""
+        keys = list(store.keys())
+        if not keys:
+            return
+        super().load_own_variables({key: store[key] for key in keys[:len(self.variables)]})
 
     def get_config(self):
         return {
@@ -340,22 +454,20 @@ def _check_bandwidth(bandwidth):
             f"Received: bandwidth={float(bandwidth)!r}")
 
 
-def _check_features(sleep_x, query_x):
-    if sleep_x.shape.rank != 2 or query_x.shape.rank != 2:
+def _check_batches(sleep_x, query_x):
+    if sleep_x.shape.rank is None or sleep_x.shape.rank < 1 or sleep_x.shape.rank != query_x.shape.rank:
         raise ValueError(
-            "KernelRidge expects sleep_x of shape [N, D] and query_x of shape [M, D]. "
+            "KernelRidge expects sleep_x of shape [N, *event_shape] and query_x of shape [M, *event_shape]. "
             f"Received: sleep_x.shape={sleep_x.shape}, query_x.shape={query_x.shape}")
-    if sleep_x.shape[-1] != query_x.shape[-1]:
+    if not sleep_x.shape[1:].is_compatible_with(query_x.shape[1:]):
         raise ValueError(
-            "sleep_x and query_x must have the same feature size D. "
+            "sleep_x and query_x must have the same event shape. "
             f"Received: sleep_x.shape={sleep_x.shape}, query_x.shape={query_x.shape}")
     if sleep_x.shape[0] is not None and sleep_x.shape[0] < 2:
         raise ValueError(f"KernelRidge needs at least 2 sleep points. Received: sleep_x.shape={sleep_x.shape}")
 
 
-def _check_solver(solver, num_features, num_inducing, seed):
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {sorted(SOLVERS)}. Received: solver={solver!r}")
+def _check_solver_options(num_features, num_inducing, seed):
     if not (isinstance(num_features, int) and num_features >= 2 and num_features % 2 == 0):
         raise ValueError(f"num_features must be an even integer >= 2. Received: num_features={num_features!r}")
     if not (isinstance(num_inducing, int) and num_inducing >= 1):

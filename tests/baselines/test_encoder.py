@@ -63,7 +63,7 @@ def test_objective_in_eager_tf_function_and_xla(cls):
 
     def value_and_gradients():
         with tf.GradientTape() as tape:
-            loss, bound, _ = learner.objective(x, seed)
+            loss, bound, _ = learner.estimate(x, seed)
         return [loss, bound] + tape.gradient(loss, learner.trainable_variables)
 
     eager = value_and_gradients()

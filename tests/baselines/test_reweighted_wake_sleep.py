@@ -21,7 +21,7 @@ def test_wake_phases_at_the_exact_posterior():
     x = x + 2.  # off the model, so that the mean gradient is far from zero (the posterior is still exact)
     learner = ReweightedWakeSleepLearner(model, ExactPosteriorEncoder(model), num_samples=500, seed=0)
     with tf.GradientTape() as tape:
-        loss, bound, _ = learner.objective(x, tf.constant([1, 2]))
+        loss, bound, _ = learner.estimate(x, tf.constant([1, 2]))
         wake_theta = -tf.reduce_mean(bound)
     tf.debugging.assert_near(bound, model.log_marginal(x), atol=1e-4)  # every weight is p(x): exact
     # Wake-phi with uniform weights is the mean of -log q over 500 x 32 posterior draws: -log q(z | x) =
@@ -55,7 +55,7 @@ def test_updates_are_separated(insomnia):
     seed = tf.constant([5, 6])
     _, sleep_seed = tf.unstack(tf.random.experimental.stateless_split(seed))
     with tf.GradientTape(persistent=True) as tape:
-        loss, bound, _ = learner.objective(x, seed)
+        loss, bound, _ = learner.estimate(x, seed)
         sleep_phi = learner.sleep_phi_loss(sleep_seed)
         wake_theta = -tf.reduce_mean(bound)
         encoder_terms = loss - wake_theta  # insomnia * wake-phi + (1 - insomnia) * sleep-phi

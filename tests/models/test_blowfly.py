@@ -224,18 +224,18 @@ def test_learner_with_summary_kernel_saves_and_loads(tmp_path):
     """A learner whose ridge acts on standardised BlowflySummaries: the .keras file restores its weights and
     ridge exactly, and the ridge sees 7 + max_lag standardised statistics."""
     ridge = KernelRidge(features=BlowflySummaries(max_lag=5), standardise_features=True)
-    learner = AmortisedLearner(BlowflyModel(num_steps=30), num_sleep=64, num_holdout=8, seed=2, ridge=ridge)
+    learner = AmortisedLearner(BlowflyModel(num_steps=30), num_sleep=64, num_holdout=8, seed=2, regression=ridge)
     learner.compile(optimizer=keras.optimizers.Adam(0.05))
     series = BlowflyModel(num_steps=30).joint_distribution().sample(4, seed=[3, 3]).log_counts.numpy()
     learner.fit(series, batch_size=4, epochs=2, verbose=0)
     learner.save(tmp_path / "learner.keras")
     loaded = keras.models.load_model(tmp_path / "learner.keras")
 
-    assert isinstance(loaded.ridge.features, BlowflySummaries) and loaded.ridge.features.max_lag == 5
+    assert isinstance(loaded.regression.features, BlowflySummaries) and loaded.regression.features.max_lag == 5
     for saved, restored in zip(learner.variables, loaded.variables):
         np.testing.assert_array_equal(restored.numpy(), saved.numpy())
     sleep_x = learner.sample(64, seed=[4, 4])["log_counts"]
-    np.testing.assert_array_equal(loaded.ridge(sleep_x, series), learner.ridge(sleep_x, series))
-    sleep_features, _ = loaded.ridge.kernel_inputs(sleep_x, series)
+    np.testing.assert_array_equal(loaded.regression(sleep_x, series), learner.regression(sleep_x, series))
+    sleep_features, _ = loaded.regression.kernel_inputs(sleep_x, series)
     assert sleep_features.shape == (64, 12)
     np.testing.assert_allclose(np.std(sleep_features, 0), 1., rtol=1e-4)  # float32 standardisation

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.gradients import median_relative_error, per_point_gradients
+from tfp_amortised.evaluation import median_relative_error, per_point_gradients
 from tfp_amortised import KernelRidge, surrogate_log_marginal
 from tfp_amortised.learner import AmortisedLearner
 from tfp_amortised.models.neural_process import (NeuralProcessModel, predict_from_context, sine, sine_functions,
@@ -66,7 +66,7 @@ def test_predict_with_a_kernel_ridge_layer_and_in_tf_function():
     index, at = [2, 5], np.linspace(-1., 1., 3)
     exact, posterior_sd = _gaussian_conditional_mean(index, x[:, index], at)
     layer = predict_from_context(model, index, x[:, index], at, num_sleep=1000, seed=[5, 6],
-                                 ridge=KernelRidge(ridge=1e-3))
+                                 regression=KernelRidge(ridge=1e-3))
     compiled = tf.function(lambda values: predict_from_context(model, index, values, at, num_sleep=1000, seed=[5, 6]))
     eager = predict_from_context(model, index, x[:, index], at, num_sleep=1000, seed=[5, 6])
     np.testing.assert_allclose(compiled(tf.constant(x[:, index])), eager, atol=1e-5)  # same seed, same graph maths

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tests.gradients import median_relative_error, per_point_gradients
+from tfp_amortised.evaluation import median_relative_error, per_point_gradients
 from tfp_amortised import surrogate_log_marginal
 from tfp_amortised.models.softplus import SoftplusGaussianModel
 

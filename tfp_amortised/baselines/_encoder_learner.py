@@ -11,9 +11,9 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_amortised import _joint
-from tfp_amortised.estimator import check_wake_x, sleep
-from tfp_amortised.learner import _wake_batch
+from tfp_amortised import _joint, distributed
+from tfp_amortised.base_learner import Learner
+from tfp_amortised.estimator import sleep
 
 tfd = tfp.distributions
 
@@ -63,13 +63,14 @@ def _stateless(seed):
     return tfp.random.sanitize_seed(tf.cast(seed, tf.int32) if tf.is_tensor(seed) else seed)
 
 
-class EncoderLearner(keras.Model):
+class EncoderLearner(Learner):
     """Base of the baselines: a generative model and an encoder trained together with `model.fit`.
 
-    A subclass implements `objective(x, seed) -> (loss, bound, signal)`: the scalar loss whose gradient with
+    A subclass implements `estimate(x, seed) -> (loss, bound, signal)`: the scalar loss whose gradient with
     respect to all trainable variables is the method's update, the per-point bound `[M]` it reports, and the
-    per-point learning signal `[M]` that updates the moving-average baseline of the score-function terms.
-    Metrics: `loss` and `bound` (mean over the minibatch).
+    per-point learning signal `[M]` that updates the moving-average baseline of the score-function terms after
+    each training step. Metrics: `loss` and `bound` (mean over the minibatch). Everything else (seeds, checks,
+    the non-finite guard, saving) is `Learner`'s.
 
     Args:
       generative_model: a `GenerativeModel` (the same object `AmortisedLearner` takes).
@@ -79,47 +80,46 @@ class EncoderLearner(keras.Model):
       seed: integer seed of all sampling.
     """
 
+    metric_names = ("loss", "bound")
+
     def __init__(self, generative_model, encoder, num_samples=1, baseline_decay=0.9, seed=None, **kwargs):
-        super().__init__(**kwargs)
-        if not callable(getattr(generative_model, "joint_distribution", None)):
-            raise TypeError(
-                "generative_model must be a Keras layer with a joint_distribution() method (see GenerativeModel). "
-                f"Received: generative_model of type {type(generative_model).__name__}")
+        super().__init__(generative_model, seed=seed, **kwargs)
         if not (isinstance(num_samples, int) and num_samples >= 1):
             raise ValueError(f"num_samples must be an integer >= 1. Received: num_samples={num_samples!r}")
         if not 0. <= baseline_decay < 1.:
             raise ValueError(f"baseline_decay must be in [0, 1). Received: baseline_decay={baseline_decay!r}")
-        self.generative_model, self.encoder = generative_model, encoder
-        self.observed = getattr(generative_model, "observed", "x")
-        self.num_samples, self.baseline_decay, self.seed = num_samples, baseline_decay, seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.encoder = encoder
+        self.num_samples, self.baseline_decay = num_samples, baseline_decay
         self._check_encoder()
         # Bias-corrected moving average: baseline = total / weight (zero before the first step).
         self.baseline_total = self.add_weight(shape=(), initializer="zeros", trainable=False, name="baseline_total")
         self.baseline_weight = self.add_weight(shape=(), initializer="zeros", trainable=False, name="baseline_weight")
-        self.trackers = {name: keras.metrics.Mean(name) for name in ("loss", "bound")}
-        self.built = True
-
-    @property
-    def metrics(self):
-        return list(self.trackers.values())
 
     @property
     def baseline(self):
         """Scalar: the moving average of past learning signals (0 before the first step)."""
         return tf.math.divide_no_nan(self.baseline_total, self.baseline_weight)
 
-    def joint_distribution(self):
-        """The generative model's current `tfd.JointDistribution`."""
-        return self.generative_model.joint_distribution()
-
-    def objective(self, x, seed):
+    def estimate(self, x, seed):
         """Returns `(loss, bound, signal)`: scalar, `Tensor[M]`, `Tensor[M]` (see the class docstring)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement objective(x, seed).")
+        raise NotImplementedError(f"{type(self).__name__} must implement estimate(x, seed).")
+
+    def objective(self, wake_x, seed):
+        """`estimate`'s loss, divided by the number of replicas (Keras sums their gradients), and its logs."""
+        loss, bound, signal = self.estimate(wake_x, seed)
+        _, num_replicas = distributed.replica_id_and_count()
+        return loss / num_replicas, {"loss": tf.stop_gradient(loss), "bound": tf.reduce_mean(bound),
+                                     "signal": tf.stop_gradient(tf.reduce_mean(signal))}
+
+    def after_train_step(self, logs):
+        """Moves the score-function baseline towards the step's mean learning signal."""
+        self.baseline_total.assign(self.baseline_decay * self.baseline_total
+                                   + (1. - self.baseline_decay) * logs["signal"])
+        self.baseline_weight.assign(self.baseline_decay * self.baseline_weight + (1. - self.baseline_decay))
 
     def bound(self, x, seed=None):
         """The method's per-point bound on `log p_theta(x_m)`: `Tensor[M, *event_shape] -> Tensor[M]`."""
-        return self.objective(self._check_x(x), self._next_seed(seed))[1]
+        return self.estimate(self.wake_batch(x), self.next_seed(seed))[1]
 
     def encoder_samples(self, x, num_samples, seed, detach=False):
         """Samples the encoder and evaluates both densities there (see `sample_encoder`).
@@ -141,51 +141,21 @@ class EncoderLearner(keras.Model):
         """`num_sleep` detached samples `{node: Tensor[N, ...]}` of the generative model."""
         return sleep(self.joint_distribution(), num_sleep, seed)
 
-    def train_step(self, data):
-        x = self._check_x(_wake_batch(data))
-        with tf.GradientTape() as tape:
-            loss, bound, signal = self.objective(x, self.seed_generator.next())
-        gradients = tape.gradient(loss, self.trainable_variables)
-        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
-        self.baseline_total.assign(self.baseline_decay * self.baseline_total
-                                   + (1. - self.baseline_decay) * tf.reduce_mean(signal))
-        self.baseline_weight.assign(self.baseline_decay * self.baseline_weight + (1. - self.baseline_decay))
-        return self._update_metrics(loss, bound)
-
-    def test_step(self, data):
-        x = self._check_x(_wake_batch(data))
-        loss, bound, _ = self.objective(x, self.seed_generator.next())
-        return self._update_metrics(loss, bound)
-
     def get_config(self):
-        return {**super().get_config(),
-                "generative_model": keras.saving.serialize_keras_object(self.generative_model),
-                "encoder": keras.saving.serialize_keras_object(self.encoder),
-                "num_samples": self.num_samples, "baseline_decay": self.baseline_decay, "seed": self.seed}
+        return {**super().get_config(), "encoder": keras.saving.serialize_keras_object(self.encoder),
+                "num_samples": self.num_samples, "baseline_decay": self.baseline_decay}
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        for key in ("generative_model", "encoder"):
-            config[key] = keras.saving.deserialize_keras_object(config[key])
-        return cls(**config)
-
-    def _update_metrics(self, loss, bound):
-        self.trackers["loss"].update_state(loss)
-        self.trackers["bound"].update_state(tf.reduce_mean(bound))
-        return {name: tracker.result() for name, tracker in self.trackers.items()}
-
-    def _check_x(self, x):
-        return check_wake_x(x, self._reference[self.observed], self.observed)
-
-    def _next_seed(self, seed):
-        return self.seed_generator.next() if seed is None else seed
+        config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
+        return super().from_config(config)
 
     def _check_encoder(self):
         """Checks, on two model samples, that the encoder's nodes are the model's latent nodes."""
-        self._reference = sleep(self.joint_distribution(), 2, [0, 0])
-        latents = sorted(name for name in self._reference if name != self.observed)
-        posterior = self.encoder(self._reference[self.observed])
+        reference = sleep(self.joint_distribution(), 2, [0, 0])
+        latents = sorted(name for name in reference if name != self.observed)
+        posterior = self.encoder(reference[self.observed])
         if not isinstance(posterior, tfd.JointDistribution):
             raise TypeError("encoder(x) must return a tfd.JointDistribution over the latent nodes. "
                             f"Received: {type(posterior).__name__}")

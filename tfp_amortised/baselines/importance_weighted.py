@@ -38,7 +38,7 @@ class ImportanceWeightedLearner(EncoderLearner):
     def __init__(self, generative_model, encoder, num_samples=10, **kwargs):
         super().__init__(generative_model, encoder, num_samples=num_samples, **kwargs)
 
-    def objective(self, x, seed):
+    def estimate(self, x, seed):
         _, log_p, log_q, log_q_score = self.encoder_samples(x, self.num_samples, seed)  # [K, M] each
         log_w = log_p - log_q
         bound = importance_weighted_bound(log_w)

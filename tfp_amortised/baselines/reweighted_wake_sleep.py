@@ -52,7 +52,7 @@ class ReweightedWakeSleepLearner(EncoderLearner):
             raise ValueError(f"num_sleep must be an integer >= 1. Received: num_sleep={num_sleep!r}")
         self.insomnia, self.num_sleep = float(insomnia), num_sleep
 
-    def objective(self, x, seed):
+    def estimate(self, x, seed):
         wake_seed, sleep_seed = tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int32)))
         _, log_p, log_q, _ = self.encoder_samples(x, self.num_samples, wake_seed, detach=True)  # [K, M] each
         bound = importance_weighted_bound(log_p - tf.stop_gradient(log_q))  # theta-gradient: wake-theta

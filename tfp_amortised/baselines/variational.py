@@ -43,7 +43,7 @@ class VariationalLearner(EncoderLearner):
     [2] Andriy Mnih, Karol Gregor. Neural Variational Inference and Learning in Belief Networks. ICML 2014.
     """
 
-    def objective(self, x, seed):
+    def estimate(self, x, seed):
         _, log_p, log_q, log_q_score = self.encoder_samples(x, self.num_samples, seed)  # [K, M] each
         log_w = log_p - log_q
         surrogate = log_w + score_function_term(log_w, self.baseline, log_q_score)

@@ -160,8 +160,8 @@ class BlowflySummaries(keras.layers.Layer):
     #### Examples
 
     ```python
-    ridge = KernelRidge(features=BlowflySummaries(), standardise_features=True)
-    learner = AmortisedLearner(BlowflyModel(), num_sleep=1000, ridge=ridge)
+    regression = KernelRidge(features=BlowflySummaries(), standardise_features=True)
+    learner = AmortisedLearner(BlowflyModel(), num_sleep=1000, regression=regression)
     ```
 
     #### References

@@ -120,7 +120,7 @@ class NeuralProcessModel(GenerativeModel):
                 "learn_scale": self.learn_scale, "seed": self.seed}
 
 
-def predict_from_context(model, context_index, context_values, at, *, num_sleep, seed, ridge=None):
+def predict_from_context(model, context_index, context_values, at, *, num_sleep, seed, regression=None):
     """The posterior mean function given context entries, `E[g_w(z, at) | x_context]`, with no encoder.
 
     The neural process's task: given the values of `C` entries of `x` (the context, at grid indices
@@ -140,7 +140,7 @@ def predict_from_context(model, context_index, context_values, at, *, num_sleep,
       at: `Tensor[T]` input locations where the function is predicted.
       num_sleep: Python int `N >= 2`.
       seed: a stateless seed, `int32[2]`.
-      ridge: a `KernelRidge` layer, or None for the default kernel ridge weights (`kernel_ridge_weights`).
+      regression: a `KernelRidge` layer, or None for the default kernel ridge regression (`regression_weights`).
 
     Returns:
       `Tensor[M, T]`.
@@ -150,7 +150,7 @@ def predict_from_context(model, context_index, context_values, at, *, num_sleep,
     sample = sleep(model.joint_distribution(), num_sleep, seed)
     sleep_context = tf.gather(sample[model.observed], context_index, axis=-1)  # [N, C]
     return ridge_expectation(sleep_context, tf.cast(context_values, sleep_context.dtype),
-                             model.decode(sample["z"], at), ridge)
+                             model.decode(sample["z"], at), regression)
 
 
 def sine_functions(num, inputs, seed, noise=0.1, amplitude_range=AMPLITUDE_RANGE, shift_range=SHIFT_RANGE):
