@@ -1,5 +1,6 @@
 """Example generative models, each a `GenerativeModel` with its JointDistribution and, where exact, log p(x)."""
 
+from tfp_amortised.models.bernoulli_mixture import BernoulliMixtureModel
 from tfp_amortised.models.binary_factor import BinaryFactorModel
 from tfp_amortised.models.blowfly import BlowflyModel, BlowflySummaries, load_blowfly
 from tfp_amortised.models.circle import CircleModel
@@ -11,9 +12,13 @@ from tfp_amortised.models.image_decoder import (ImageDecoderModel, frechet_dista
                                                  pca_features)
 from tfp_amortised.models.neural_process import (NeuralProcessModel, predict_from_context, sine_functions,
                                                   sine_posterior_mean)
+from tfp_amortised.models.sigmoid_belief import SigmoidBeliefNetworkModel
 from tfp_amortised.models.softplus import SoftplusGaussianModel
+from tfp_amortised.models.state_space import AutoregressiveStateSpaceModel
 
 __all__ = [
+    "AutoregressiveStateSpaceModel",
+    "BernoulliMixtureModel",
     "BinaryFactorModel",
     "BlowflyModel",
     "BlowflySummaries",
@@ -24,6 +29,7 @@ __all__ = [
     "ImageDecoderModel",
     "IndependentComponentsModel",
     "NeuralProcessModel",
+    "SigmoidBeliefNetworkModel",
     "SoftplusGaussianModel",
     "amari_index",
     "frechet_distance",
