@@ -75,13 +75,16 @@ class GenerativeModel(keras.layers.Layer):
     Parameters held the TFP way are made trainable: assigning a `tfp.util.TransformedVariable` to an attribute
     stores instead the equivalent `add_constrained_weight` (same bijector, value, dtype and trainable flag),
     and assigning a `tf.Variable` stores the equivalent Keras weight (`add_weight`), so the optimiser trains them
-    and `.keras` files keep them. `check_trainable(model)` reports any other `tf.Variable` that Keras does not
-    track (for example inside a plain `tf.Module`).
+    and `.keras` files keep them. The Keras weight is named after the attribute and holds a copy of the
+    variable's value: another reference to the original variable no longer shares it. Only direct attributes
+    are converted; `check_trainable(model)` reports any other `tf.Variable` that Keras does not track (in a
+    list or dict attribute, a plain Keras sub-layer or a `tf.Module`).
 
     Serialisation: a subclass whose constructor takes only numbers, strings, booleans, `None`, NumPy arrays
     (numeric, boolean or string) and lists, tuples and string-keyed dicts of these needs no `get_config`:
-    the constructor arguments are recorded and restored, arrays with their dtype and shape and tuples as
-    tuples. Any other argument (a layer, a callable, a `tf.Tensor`, an arbitrary object) needs a `get_config`
+    the constructor arguments are recorded and restored, arrays with their dtype and shape, tuples as tuples
+    and NumPy scalars as Python numbers. The values are those passed (an array mutated after construction is
+    saved mutated). Any other argument (a layer, a callable, a `tf.Tensor`, an arbitrary object) needs a `get_config`
     of the subclass's own; `get_config` says which argument it is.
     """
 
@@ -93,7 +96,7 @@ class GenerativeModel(keras.layers.Layer):
         # them here when they are also NumPy arrays, or else which argument is not serialisable (by its path and
         # type only: keeping the value would keep, for instance, a tf.Variable reachable from the layer).
         instance._unserialisable_argument = None
-        if instance._auto_config is None and not getattr(instance, "_auto_config_error_args", False):
+        if getattr(instance, "_auto_config", None) is None and not getattr(instance, "_auto_config_error_args", False):
             arguments = _constructor_arguments(cls, args, kwargs)
             if arguments is not None:
                 failure = next(filter(None, (_first_unserialisable(value, name)
@@ -109,19 +112,15 @@ class GenerativeModel(keras.layers.Layer):
         self.built = True
 
     def __setattr__(self, name, value):
-        if isinstance(value, tfp.util.TransformedVariable) and self._is_foreign(value.pretransformed_input):
+        if isinstance(value, tfp.util.TransformedVariable):
             raw = value.pretransformed_input
             weight = self.add_weight(shape=raw.shape, dtype=raw.dtype.name, initializer=_constant(raw.numpy()),
                                      trainable=raw.trainable, autocast=False, name=name)
             value = ConstrainedWeight(weight, value.bijector)
-        elif isinstance(value, tf.Variable) and self._is_foreign(value):
+        elif isinstance(value, tf.Variable):
             value = self.add_weight(shape=value.shape, dtype=value.dtype.name, initializer=_constant(value.numpy()),
                                     trainable=value.trainable, name=name)
         super().__setattr__(name, value)
-
-    def _is_foreign(self, variable):
-        """Whether a `tf.Variable` is not the storage of one of this layer's Keras variables."""
-        return all(variable is not v.value for v in self.variables)
 
     def add_positive_weight(self, name, value, trainable=True):
         """A scalar weight `raw` initialised so that `tf.nn.softplus(raw) == value`: a positive parameter."""
