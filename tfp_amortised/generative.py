@@ -47,7 +47,14 @@ class ConstrainedWeight(tfp.util.DeferredTensor):
         return self._bijector
 
     def assign(self, value):
-        """Sets the constrained value: `weight <- bijector.inverse(value)`; `value` broadcasts to the shape."""
+        """Sets the constrained value: `weight <- bijector.inverse(value)`, computed as at creation (eagerly).
+
+        Args:
+          value: array-like broadcastable to the shape, in the bijector's range.
+
+        Raises:
+          ValueError: if `bijector.inverse(value)` is not finite.
+        """
         self._weight.assign(np.broadcast_to(_unconstrained(value, self._bijector, self._weight.dtype, "value"),
                                             self._weight.shape))
 
@@ -260,11 +267,11 @@ def check_trainable(layer):
 
 def _unconstrained(value, bijector, dtype, argument):
     """`bijector.inverse(value)` computed in float64 (or the bijector's own dtype) and cast to `dtype`: ndarray."""
-    work_dtype = bijector.dtype or tf.float64
-    raw = tf.cast(bijector.inverse(tf.constant(value, work_dtype)), dtype).numpy()
+    work_dtype = tf.as_dtype(bijector.dtype or tf.float64)
+    raw = tf.cast(bijector.inverse(tf.constant(np.asarray(value, work_dtype.as_numpy_dtype))), dtype).numpy()
     if not np.all(np.isfinite(raw)):
         raise ValueError(f"{argument} must lie in the range of {bijector.name} (its inverse must be finite). "
-                         f"Received: {argument}={value!r}, whose inverse is {raw!r}")
+                         f"Received: {argument}={value!r}, whose inverse is {raw.tolist()}")
     return raw
 
 
