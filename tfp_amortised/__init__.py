@@ -8,7 +8,7 @@ of the log marginal likelihood.
 from tfp_amortised.base_learner import Learner
 from tfp_amortised.estimator import (AmortisedStep, amortised_step, ridge_expectation, sleep, surrogate_log_marginal,
                                      weighted_log_joint)
-from tfp_amortised.generative import GenerativeModel
+from tfp_amortised.generative import ConstrainedWeight, GenerativeModel
 from tfp_amortised.learner import AmortisedLearner
 from tfp_amortised.ridge import KernelRidge, RegressionDiagnostics, median_bandwidth, regression_weights
 from tfp_amortised.solvers import ridge_weights
@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AmortisedLearner",
     "AmortisedStep",
+    "ConstrainedWeight",
     "GenerativeModel",
     "KernelRidge",
     "Learner",

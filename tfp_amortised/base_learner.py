@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from tfp_amortised import _joint, distributed
 from tfp_amortised.estimator import check_wake_x, sleep
+from tfp_amortised.generative import check_trainable
 
 _SEED_STATE = "seed_generator_state"
 
@@ -30,7 +31,9 @@ class Learner(keras.Model):
 
     Args:
       generative_model: a `GenerativeModel` instance (a Keras layer that owns the parameters and implements
-        `joint_distribution()`); its `observed` attribute names the observed node (default `"x"`).
+        `joint_distribution()`); its `observed` attribute names the observed node (default `"x"`). A
+        `tf.Variable` it holds that Keras does not track (so no optimiser would train it) is refused, with its
+        attribute path (`tfp_amortised.generative.check_trainable`).
       seed: integer seed of the sampling; the same seed, data and initial weights give the same run.
     """
 
@@ -39,6 +42,7 @@ class Learner(keras.Model):
     def __init__(self, generative_model, seed=None, **kwargs):
         super().__init__(**kwargs)
         _check_generative_model(generative_model)
+        check_trainable(generative_model)
         self.generative_model = generative_model
         self.observed = getattr(generative_model, "observed", "x")
         _joint.check_observed(generative_model.joint_distribution(), self.observed)
