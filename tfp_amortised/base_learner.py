@@ -77,13 +77,20 @@ class Learner(keras.Model):
     def after_train_step(self, logs):
         """Hook run after the gradient step with the objective's logs; nothing by default."""
 
+    def apply_gradients(self, gradients):
+        """Applies `gradients` (one per variable of `trainable_variables`, or None) with the optimiser.
+
+        A subclass whose variables have optimisers of their own overrides it.
+        """
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+
     def train_step(self, data):
         wake_x = self.wake_batch(data)
         seed = self.seed_generator.next()
         with tf.GradientTape() as tape:
             loss, logs = self.objective(wake_x, seed)
         gradients = _finite_or_zero(tape.gradient(loss, self.trainable_variables))
-        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+        self.apply_gradients(gradients)
         self.after_train_step(logs)
         return self.update_metrics(logs)
 

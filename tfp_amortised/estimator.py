@@ -39,12 +39,16 @@ class AmortisedStep(typing.NamedTuple):
       loss: scalar `Tensor`, `-mean_m s_m` (this replica's share under a strategy: the shares add up to it).
       diagnostics: dict of scalar `Tensor`s, detached: `bandwidth` and `jitter` of the regression
         (`RegressionDiagnostics`) and, with held-out sleep samples, `ridge_r2`, the out-of-sample R^2 of the ridge
-        prediction of the sleep log-joint at the held-out points.
+        regression at the held-out points (`1 - regression_loss`).
+      regression_loss: scalar `Tensor`, the held-out error of the regression (`regression_loss`), differentiable
+        with respect to the regression's hyperparameters only (0 without held-out samples). Under a strategy, this
+        replica's share.
     """
 
     surrogate: tf.Tensor
     loss: tf.Tensor
     diagnostics: dict
+    regression_loss: tf.Tensor
 
 
 def sleep(joint, num_sleep, seed):
@@ -94,14 +98,23 @@ def weighted_log_joint(joint, sleep_sample, weights, wake_x, *, observed="x", fo
     return tf.reduce_sum(weights * tf.cast(log_joint, weights.dtype), axis=-1)
 
 
-def amortised_step(joint, wake_x, *, num_sleep, seed, observed="x", regression=None, form="joint", num_holdout=0):
+def amortised_step(joint, wake_x, *, num_sleep, seed, observed="x", regression=None, form="joint", num_holdout=0,
+                   variables=None):
     """One step of amortised learning: sleep, ridge weights, weighted log-joint and diagnostics (Wenliang et al.).
 
     Draws `num_sleep + num_holdout` detached sleep samples with `seed`, computes kernel ridge weights from the
     first `num_sleep` sleep observations to the wake observations (and to the held-out ones), and weights the
-    log-joint by them (module docstring, both forms). One pass of the log-density over the sleep samples serves
-    the joint-form surrogate and the held-out R^2. Call it inside a `tf.GradientTape` in which `joint` was built
-    (pass the model's `joint_distribution` method: it is called here).
+    log-joint by them (module docstring, both forms). Call it inside a `tf.GradientTape` in which `joint` was
+    built (pass the model's `joint_distribution` method: it is called here).
+
+    With held-out samples, the step also measures how well the regression predicts, at the held-out
+    observations, what it is used for: the gradient of the log-joint. With `variables`, the targets are the
+    per-sample directional derivatives `v_k . grad_theta log p(z_n, x_n)` along `K = 2` random directions `v_k`
+    in parameter space, drawn afresh each step (forward-mode differentiation, one pass per direction), whose
+    expected squared error is the squared error of the regressed gradient; without `variables`, the log-joint
+    itself. `regression_loss` is the held-out mean squared error divided by the targets' variance over the sleep
+    set (so `ridge_r2 = 1 - regression_loss`), differentiable with respect to the regression's hyperparameters:
+    the objective on which a learning `KernelRidge` is trained (the authors' online kernel learning).
 
     Under a `tf.distribute` strategy with `R` replicas (call it in the replica context), replica `r` draws
     `num_sleep / R` sleep samples (and `num_holdout` held-out ones) with the seed folded with `r`, the sleep and
@@ -110,11 +123,13 @@ def amortised_step(joint, wake_x, *, num_sleep, seed, observed="x", regression=N
     sleep set (`tfp_amortised.distributed`). With one replica this is the plain single-device step.
 
     Cost: `N` (joint form) or `M N` (conditional form) log-density terms, an `N x N` Gram matrix and one
-    Cholesky factorisation, O(N^3 / 3), for the default exact solver.
+    Cholesky factorisation, O(N^3 / 3), for the default exact solver; with `variables` and held-out samples,
+    `K` forward-mode passes of the log-density over the `N + H` sleep samples.
 
     Args:
       joint: a `tfd.JointDistribution` (Coroutine, Sequential or Named; batched or AutoBatched) with scalar
-        batch shape, or a zero-argument callable returning one (called here, so inside the caller's tape).
+        batch shape, or a zero-argument callable returning one (called here, so inside the caller's tape; it
+        must be a callable when `variables` are given).
       wake_x: `Tensor[M, *event_shape]` of observations of the node `observed` (this replica's share).
       num_sleep: `N >= 2`, the number of sleep samples of the regression (global, across replicas): a Python or
         NumPy integer, or a scalar integer Tensor (one device only).
@@ -123,19 +138,22 @@ def amortised_step(joint, wake_x, *, num_sleep, seed, observed="x", regression=N
       regression: a `KernelRidge` layer, or None (default) for `KernelRidge`'s defaults computed by pure functions
         (`regression_weights`), which create no Keras variables.
       form: `"joint"` or `"conditional"`.
-      num_holdout: number `H >= 0` of extra sleep samples held out of the regression for `ridge_r2`.
+      num_holdout: number `H >= 0` of extra sleep samples held out of the regression for its diagnostics.
+      variables: None, or the model's trainable variables, whose gradient the held-out targets project.
 
     Returns:
-      `AmortisedStep(surrogate [M], loss [], diagnostics {name: []})`.
+      `AmortisedStep(surrogate [M], loss [], diagnostics {name: []}, regression_loss [])`.
     """
+    joint_fn = joint
     joint = _joint.resolve_joint(joint)
     check_form(form)
     _joint.check_observed(joint, observed)
     check_regression(regression)
     num_sleep = check_num_sleep(num_sleep)
     num_local = distributed.local_num_sleep(num_sleep)
+    step_seed = distributed.replica_seed(seed)
     with tf.name_scope("sleep"):
-        sample = sleep(joint, num_local + check_num_holdout(num_holdout), distributed.replica_seed(seed))
+        sample = sleep(joint, num_local + check_num_holdout(num_holdout), step_seed)
     fit = {name: value[:num_local] for name, value in sample.items()}
     wake_x = tf.cast(check_wake_x(wake_x, sample[observed], observed), sample[observed].dtype)
     wake_x = tf.ensure_shape(wake_x, [None, *sample[observed].shape[1:]])  # distributed batches lose it
@@ -148,11 +166,117 @@ def amortised_step(joint, wake_x, *, num_sleep, seed, observed="x", regression=N
                                    distributed.gather(wake_x), observed=observed, form=form,
                                    sleep_log_joint=None if log_joint is None else log_joint[:num_local])
     loss = -tf.reduce_sum(surrogate) / tf.cast(tf.shape(surrogate)[0], surrogate.dtype)
-    diagnostics = {"bandwidth": regression_diagnostics.bandwidth, "jitter": regression_diagnostics.jitter}
+    diagnostics = {"bandwidth": tf.reduce_mean(regression_diagnostics.bandwidth),
+                   "jitter": regression_diagnostics.jitter}
+    held_out_loss = tf.zeros([], weights.dtype)
     if num_holdout:
-        diagnostics["ridge_r2"] = holdout_r2(distributed.gather(log_joint[:num_local]), log_joint[num_local:],
-                                             weights[num_wake:])
-    return AmortisedStep(surrogate, loss, {name: tf.stop_gradient(value) for name, value in diagnostics.items()})
+        fitted, target = held_out_targets(joint_fn, sample, num_local, observed, form, variables,
+                                          tf.random.experimental.stateless_fold_in(step_seed, 1))
+        held_out_loss = regression_loss(distributed.gather(fitted) if form == "joint" else fitted, target,
+                                        weights[num_wake:])
+        diagnostics["ridge_r2"] = 1. - held_out_loss
+        _, num_replicas = distributed.replica_id_and_count()
+        held_out_loss /= num_replicas
+    return AmortisedStep(surrogate, loss, {name: tf.stop_gradient(value) for name, value in diagnostics.items()},
+                         held_out_loss)
+
+
+def held_out_targets(joint, sample, num_fit, observed, form, variables, seed):
+    """What the regression predicts at the held-out sleep samples, and what it should predict there.
+
+    The step's estimate at a held-out observation `x_h` is `sum_n alpha_n(x_h) g_n(x_h)`, with `g_n(x) =
+    grad log p(z_n, x_n)` (joint form) or `grad log p(z_n, x)` (conditional form); the held-out sample's own
+    `grad log p(z_h, x_h)` has that estimate's target, `grad log p(x_h)`, as its conditional mean given `x_h`.
+    Their expected squared difference is the estimator's squared error plus a constant, so it is the objective
+    to select the regression by. Gradients are projected on `K = 2` random directions (`gradient_projections`);
+    without `variables` the log-joint itself stands in for them.
+
+    Args:
+      joint: a zero-argument callable returning the `tfd.JointDistribution` (a distribution, without variables).
+      sample: dict `{node: Tensor[N_fit + H, *event_shape]}`, the fitted then the held-out sleep samples.
+      num_fit: `N_fit`, the number of fitted sleep samples (this replica's).
+      observed: name of the observed node.
+      form: `"joint"` or `"conditional"`.
+      variables: the model's variables, or None.
+      seed: stateless seed of the projections.
+
+    Returns:
+      `(fitted, target)`: `Tensor[N_fit, K]` (joint form) or `Tensor[H, N_fit, K]` (conditional form: `g_n(x_h)`),
+      and `Tensor[H, K]`, detached.
+    """
+    def values(named):
+        if variables is None:
+            return _joint.log_prob(_joint.resolve_joint(joint), named)[..., tf.newaxis]
+        return gradient_projections(joint, named, variables, seed)
+
+    held_out = {name: value[num_fit:] for name, value in sample.items()}
+    if form == "joint":
+        both = values(sample)
+        return both[:num_fit], both[num_fit:]
+    paired = {name: value[tf.newaxis, :num_fit] for name, value in sample.items()}
+    paired[observed] = held_out[observed][:, tf.newaxis]  # g_n(x_h): latents [1, N] against observations [H, 1]
+    return values(paired), values(held_out)
+
+
+def gradient_projections(joint, named_value, variables, seed, num_projections=2):
+    """Directional derivatives of the log-joint along random directions in parameter space, per sample.
+
+    `t_bk = v_k . grad_theta log p_theta(value_b)` with `v_k ~ N(0, I)` over all parameters, by forward-mode
+    differentiation (`tf.autodiff.ForwardAccumulator`, one pass of the log-density per direction). Since
+    `E_v[(v . e)^2] = |e|^2`, a squared error of these projections estimates the squared error of the gradient.
+
+    Args:
+      joint: a zero-argument callable returning the `tfd.JointDistribution` (built inside the accumulator).
+      named_value: dict `{node name: Tensor[*batch, *event_shape]}` (broadcasting batches), detached.
+      variables: list of the model's variables `theta` (Keras or TensorFlow variables).
+      seed: stateless seed `int32[2]` of the directions.
+      num_projections: number `K` of directions.
+
+    Returns:
+      `Tensor[*batch, K]`, detached.
+    """
+    if isinstance(joint, tfp.distributions.JointDistribution):
+        raise TypeError("Projected gradient targets need joint as a zero-argument callable that builds the "
+                        "JointDistribution from the variables (e.g. model.joint_distribution). Received: joint of "
+                        f"type {type(joint).__name__}")
+    primals = [getattr(variable, "value", variable) for variable in variables]
+    columns = []
+    for k in range(num_projections):
+        direction_seeds = tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(seed, k),
+                                                                 max(len(primals), 1))
+        tangents = [tf.random.stateless_normal(tf.shape(primal), direction_seeds[i], dtype=primal.dtype)
+                    for i, primal in enumerate(primals)]
+        with tf.autodiff.ForwardAccumulator(primals, tangents) as accumulator:
+            log_joint = _joint.log_prob(_joint.resolve_joint(joint), named_value)
+        columns.append(accumulator.jvp(log_joint, unconnected_gradients=tf.UnconnectedGradients.ZERO))
+    return tf.stop_gradient(tf.stack(columns, axis=-1))
+
+
+def regression_loss(fitted, target, holdout_weights):
+    """Held-out squared error of the step's estimate, relative to the targets' variance.
+
+    `sum_hk (t_hk - sum_n alpha_hn g_nk(x_h))^2 / (H sum_k var_h(t_hk))`, with `g_nk(x_h) = fitted[n, k]` (joint
+    form) or `fitted[h, n, k]` (conditional form): about 1 for an estimate no better than the mean, smaller the
+    better the regression (its floor is the targets' own noise given `x`). Differentiable with respect to what the
+    held-out weights depend on (the hyperparameters of a learning `KernelRidge`); the targets are detached.
+
+    Args:
+      fitted: `Tensor[N, K]` or `Tensor[H, N, K]`, the regressed values (see `held_out_targets`).
+      target: `Tensor[H, K]`, the held-out samples' own values.
+      holdout_weights: `Tensor[H, N]` ridge weights at the held-out observations.
+
+    Returns:
+      Scalar `Tensor`.
+    """
+    fitted = tf.stop_gradient(tf.cast(fitted, holdout_weights.dtype))
+    target = tf.stop_gradient(tf.cast(target, holdout_weights.dtype))
+    if fitted.shape.rank == 2:
+        prediction = holdout_weights @ fitted
+    else:
+        prediction = tf.einsum("hn,hnk->hk", holdout_weights, fitted)
+    squared_error = tf.reduce_sum(tf.reduce_mean(tf.square(target - prediction), axis=0))
+    variance = tf.reduce_sum(tf.math.reduce_variance(target, axis=0))
+    return squared_error / (variance + np.finfo(np.float32).tiny)
 
 
 def surrogate_log_marginal(joint, wake_x, *, num_sleep, seed, observed="x", regression=None, form="joint"):
@@ -212,24 +336,6 @@ def ridge_expectation(sleep_x, query_x, values, regression=None):
     """
     weights, _ = regression_weights(regression, sleep_x, query_x)  # [M, N]
     return tf.tensordot(weights, tf.cast(values, weights.dtype), axes=1)
-
-
-def holdout_r2(fitted, target, holdout_weights):
-    """Out-of-sample R^2 of the ridge prediction of the sleep log-joint at held-out sleep points.
-
-    Args:
-      fitted: `Tensor[N]`, log-joint of the sleep samples the regression was fitted on.
-      target: `Tensor[H]`, log-joint of the held-out sleep samples.
-      holdout_weights: `Tensor[H, N]`, ridge weights at the held-out observations.
-
-    Returns:
-      Scalar `Tensor`: `1 - mean (target - prediction)^2 / var(target)`.
-    """
-    target = tf.stop_gradient(tf.cast(target, holdout_weights.dtype))
-    fitted = tf.stop_gradient(tf.cast(fitted, holdout_weights.dtype))
-    prediction = tf.linalg.matvec(holdout_weights, fitted)
-    residual = tf.reduce_mean(tf.square(target - prediction))
-    return 1. - residual / (tf.math.reduce_variance(target) + np.finfo(np.float32).tiny)
 
 
 def check_wake_x(wake_x, sleep_x, observed):

@@ -25,9 +25,10 @@ class AmortisedLearner(Learner):
     3. update: inside a `tf.GradientTape`, the surrogate `s_m` (`form` "joint" or "conditional"), and one
        optimiser step on `-mean_m s_m`, whose gradient estimates `-mean_m grad log p_theta(x_m)`.
 
-    Metrics each step: `loss` (`-mean s`), `bandwidth` (the kernel's length scale), `ridge_r2` (the fraction of
-    variance of the sleep log-joint that the ridge regression predicts at `num_holdout` held-out sleep points: a
-    cheap out-of-sample check of the regression, comparable across steps) and `jitter` (the diagonal shift the
+    Metrics each step: `loss` (`-mean s`), `bandwidth` (the kernel's length scale; the mean one with ARD),
+    `ridge_r2` (the fraction of the variance of the regressed gradient, projected on random directions, that the
+    ridge regression predicts at `num_holdout` held-out sleep points: an out-of-sample check of the regression
+    the step relies on, comparable across steps) and `jitter` (the diagonal shift the
     Cholesky needed; nonzero flags a near-singular Gram matrix, which was repaired). A step whose gradient is not
     finite is applied as a zero gradient, so NaN never reaches the weights.
 
@@ -47,6 +48,9 @@ class AmortisedLearner(Learner):
       num_sleep: number `N >= 2` of sleep samples per step.
       form: `"joint"` or `"conditional"` surrogate.
       regression: a `KernelRidge` layer (the regulariser lambda is its `ridge` argument); default `KernelRidge()`.
+        With `KernelRidge(learn=True)` its hyperparameters are trained each step on the held-out regression error
+        (`regression_loss` of `amortised_step`, on `num_holdout` held-out sleep samples), with the
+        `regression_optimizer` given to `compile`.
       num_holdout: number of extra sleep samples held out of the regression for `ridge_r2`; 0 disables it.
       seed: integer seed of the sleep samples; the same seed, data and initial weights give the same run.
 
@@ -76,12 +80,54 @@ class AmortisedLearner(Learner):
         self.form = form
         self.regression = KernelRidge() if regression is None else regression
 
+    def compile(self, optimizer="rmsprop", regression_optimizer=None, **kwargs):
+        """`keras.Model.compile`, and the optimiser of a learning regression's hyperparameters.
+
+        Args:
+          optimizer: the generative model's optimiser (as in Keras).
+          regression_optimizer: the optimiser of the regression's trainable hyperparameters (`KernelRidge(
+            learn=True)`): a Keras optimiser or its name; default `keras.optimizers.Adam(0.01)`. Unused when the
+            regression does not learn.
+          **kwargs: passed on to `keras.Model.compile`.
+        """
+        super().compile(optimizer=optimizer, **kwargs)
+        self.regression_optimizer = keras.optimizers.get(
+            keras.optimizers.Adam(0.01) if regression_optimizer is None else regression_optimizer)
+        self._compile_config.config["regression_optimizer"] = self.regression_optimizer
+
+    def compile_from_config(self, config):
+        """Keras loading hook: compiles with both optimisers of `get_compile_config()` and builds them."""
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        self.optimizer.build(self._model_variables())
+        self.regression_optimizer.build(self.regression.trainable_variables)
+
     def objective(self, wake_x, seed):
-        """`amortised_step` on the wake batch: its loss, and the global loss and diagnostics to log."""
+        """`amortised_step` on the wake batch: its loss (plus the held-out regression loss when the regression
+        learns), and the global loss and diagnostics to log."""
         step = amortised_step(self.joint_distribution, wake_x, num_sleep=self.num_sleep, seed=seed,
                               observed=self.observed, regression=self.regression, form=self.form,
-                              num_holdout=self.num_holdout)
-        return step.loss, {"loss": distributed.total(tf.stop_gradient(step.loss)), **step.diagnostics}
+                              num_holdout=self.num_holdout, variables=self.generative_model.trainable_variables)
+        loss = step.loss + step.regression_loss if self.regression.learn else step.loss
+        return loss, {"loss": distributed.total(tf.stop_gradient(step.loss)), **step.diagnostics}
+
+    def apply_gradients(self, gradients):
+        """The model's gradients with `optimizer`, the learning regression's with `regression_optimizer`."""
+        regression_ids = {id(variable) for variable in self.regression.trainable_variables}
+        pairs = list(zip(gradients, self.trainable_variables))
+        self.optimizer.apply_gradients([(g, v) for g, v in pairs if id(v) not in regression_ids])
+        if regression_ids:
+            self.regression_optimizer.apply_gradients([(g, v) for g, v in pairs if id(v) in regression_ids])
+
+    def _model_variables(self):
+        regression_ids = {id(variable) for variable in self.regression.trainable_variables}
+        return [v for v in self.trainable_variables if id(v) not in regression_ids]
+
+    def fit(self, x=None, *args, **kwargs):
+        """`Learner.fit`, after starting a learning regression from the median heuristic on a sleep set."""
+        if self.regression.learn:
+            self.regression.initialise(self.sample(self.num_sleep, seed=[0, 1])[self.observed])
+        return super().fit(x, *args, **kwargs)
 
     def sample(self, num_samples, seed=None):
         """Draws `num_samples` from the model: dict `{node name: Tensor[num_samples, *event_shape]}`."""

@@ -18,6 +18,7 @@ Every setting has one name and one default, shared by the function and the layer
     bandwidth_subsample  512          rows the median heuristic looks at
     solver               "cholesky"   a key of tfp_amortised.solvers.SOLVERS
     intercept            False        regress targets centred on their sleep mean
+    learn                False        train the log bandwidth and log ridge online on held-out regression error
 """
 
 import math
@@ -40,7 +41,7 @@ KERNELS = {
 }
 
 DEFAULTS = {"kernel": "gaussian", "bandwidth": "median", "ridge": 1e-3, "bandwidth_subsample": 512,
-            "solver": "cholesky", "intercept": False}
+            "solver": "cholesky", "intercept": False, "learn": False}
 DEFAULT_RIDGE = DEFAULTS["ridge"]
 
 
@@ -277,6 +278,14 @@ class KernelRidge(keras.layers.Layer):
         away from the sleep observations; True to regress targets centred on their sleep mean, so predictions
         shrink towards that mean instead and each query's weights sum to one (`E[1 | x] = 1` exactly:
         posterior probabilities from `posterior_expectation` then sum to one).
+      learn: False (default) to keep the bandwidth rule and `ridge` fixed; True to make the log bandwidth, the log
+        ridge and the weights of a Keras `features` layer (a deep kernel) trainable. They start from the median
+        heuristic (`initialise`, on the learner's first sleep set) or the fixed `bandwidth`, and from `ridge`, and
+        `AmortisedLearner` trains them each step, with its own `regression_optimizer`, on the held-out error of
+        the regression (`amortised_step`'s `regression_loss`), as the authors' code does.
+      ard: with `learn=True`, one length scale per input dimension of the kernel (automatic relevance
+        determination): the kernel compares `x / l` and `y / l` with unit length scale, so every solver supports
+        it. The length scales are created at the first call (or `initialise`), when the input size is known.
 
     #### Examples
 
@@ -302,16 +311,19 @@ class KernelRidge(keras.layers.Layer):
     def __init__(self, kernel=DEFAULTS["kernel"], bandwidth=DEFAULTS["bandwidth"], ridge=DEFAULTS["ridge"],
                  bandwidth_subsample=DEFAULTS["bandwidth_subsample"], solver=DEFAULTS["solver"], num_features=1024,
                  num_inducing=512, seed=0, features=None, standardise_features=False,
-                 intercept=DEFAULTS["intercept"], **kwargs):
+                 intercept=DEFAULTS["intercept"], learn=DEFAULTS["learn"], ard=False, **kwargs):
         if kwargs.get("dtype") is None and keras.config.dtype_policy().compute_dtype in ("float16", "bfloat16"):
             kwargs["dtype"] = "float32"  # no half-precision Cholesky kernel exists
         super().__init__(**kwargs)
         if features is not None and not callable(features):
             raise TypeError(f"features must be None or a callable mapping [B, *event_shape] to [B, F]. "
                             f"Received: features of type {type(features).__name__}")
-        if not isinstance(standardise_features, bool):
-            raise ValueError(f"standardise_features must be True or False. "
-                             f"Received: standardise_features={standardise_features!r}")
+        for name, flag in (("standardise_features", standardise_features), ("learn", learn), ("ard", ard)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be True or False. Received: {name}={flag!r}")
+        if ard and not learn:
+            raise ValueError("ard=True gives each input dimension its own length scale, which only learning can "
+                             "set: pass learn=True with it. Received: ard=True, learn=False")
         check_settings(kernel, bandwidth, ridge, bandwidth_subsample, solver, intercept)
         _check_solver_options(num_features, num_inducing, seed)
         self.features, self.standardise_features, self.intercept = features, standardise_features, intercept
@@ -320,27 +332,67 @@ class KernelRidge(keras.layers.Layer):
         self.bandwidth_rule = bandwidth
         self.bandwidth_subsample = int(bandwidth_subsample)
         self.initial_ridge = float(ridge)
-        initial_bandwidth = 1. if isinstance(bandwidth, str) else float(bandwidth)
-        self.log_bandwidth = self._scalar_weight("log_bandwidth", math.log(initial_bandwidth))
-        self.log_ridge = self._scalar_weight("log_ridge", math.log(ridge))
+        self.learn, self.ard = learn, ard
+        if learn:  # 1 once the learned bandwidth holds a value (the median heuristic's, set by `initialise`)
+            self.initialised = self._scalar_weight("initialised", 0. if isinstance(bandwidth, str) else 1.,
+                                                   trainable=False)
+        if not ard:  # with ard, the length scales are created by `build`, once the input size is known
+            self.log_bandwidth = self._scalar_weight("log_bandwidth", math.log(self._initial_bandwidth), learn)
+        self.log_ridge = self._scalar_weight("log_ridge", math.log(ridge), learn)
+        self.built = not ard
+
+    @property
+    def _initial_bandwidth(self):
+        return 1. if isinstance(self.bandwidth_rule, str) else float(self.bandwidth_rule)
+
+    def build(self, sleep_x_shape, query_x_shape=None):
+        """Creates the per-dimension log length scales `[F]` (`ard=True`), `F` the size of the kernel's input."""
+        del query_x_shape  # the same event shape as sleep_x
+        size = self._kernel_input_size(sleep_x_shape)
+        self.log_bandwidth = self.add_weight(shape=(size,), initializer="zeros", trainable=self.learn,
+                                             name="log_bandwidth")
+        self.log_bandwidth.assign(tf.fill([size], math.log(self._initial_bandwidth)))
         self.built = True
 
-    def _scalar_weight(self, name, value):
+    def _kernel_input_size(self, sleep_x_shape):
+        if self.features is None:
+            return int(np.prod(sleep_x_shape[1:]))
+        return int(self._apply_features(tf.zeros([2, *sleep_x_shape[1:]], self.compute_dtype)).shape[-1])
+
+    def _scalar_weight(self, name, value, trainable=False):
         # Assigned, not passed to keras.initializers.Constant, which rounds a Python float to float32 first.
-        weight = self.add_weight(shape=(), initializer="zeros", trainable=False, name=name)
+        weight = self.add_weight(shape=(), initializer="zeros", trainable=trainable, name=name)
         weight.assign(value)
         return weight
 
     @property
     def bandwidth(self):
-        """Scalar `Tensor`: the fixed kernel length scale, or None with `bandwidth="median"` (recomputed each call
-        and returned in the call's `RegressionDiagnostics`)."""
-        return None if isinstance(self.bandwidth_rule, str) else tf.exp(self.log_bandwidth)
+        """The kernel length scale held by the layer: scalar `Tensor` (or `[F]` with `ard=True`), or None with
+        `bandwidth="median"` and `learn=False` (recomputed each call and returned in `RegressionDiagnostics`)."""
+        if not self.learn and isinstance(self.bandwidth_rule, str):
+            return None
+        return tf.exp(self.log_bandwidth) if self.built else None
 
     @property
     def ridge(self):
         """Scalar `Tensor`: the regulariser `lam`."""
         return tf.exp(self.log_ridge)
+
+    def initialise(self, sleep_x):
+        """Starts learning from the median heuristic: sets the learned bandwidth (every length scale with
+        `ard=True`) to `median_bandwidth` of the kernel inputs of `sleep_x: [N, *event_shape]`, once.
+
+        The learner calls it, eagerly, before its first step; a layer that has already been initialised (or that
+        started from a fixed bandwidth, or does not learn) is left as it is.
+        """
+        if not self.learn or float(self.initialised) > 0.:
+            return
+        if not self.built:
+            self.build(tf.convert_to_tensor(sleep_x).shape)
+        sleep_inputs, _ = self.kernel_inputs(sleep_x, sleep_x[:1])
+        median = median_bandwidth(sleep_inputs, self.bandwidth_subsample)
+        self.log_bandwidth.assign(tf.fill(tf.shape(self.log_bandwidth), tf.math.log(tf.cast(median, tf.float32))))
+        self.initialised.assign(1.)
 
     def kernel_inputs(self, sleep_x, query_x):
         """What the kernel compares: the flattened observations, or their `features`, standardised if asked.
@@ -377,14 +429,31 @@ class KernelRidge(keras.layers.Layer):
     def call(self, sleep_x, query_x, return_diagnostics=False):
         """`alpha: [M, N]`, or `(alpha, RegressionDiagnostics)` with `return_diagnostics=True`."""
         sleep_x, query_x = self.kernel_inputs(sleep_x, query_x)
-        bandwidth = self.bandwidth_rule
+        bandwidth = self._bandwidth(sleep_x)
+        if self.ard:  # k(x / l, y / l) with unit length scale: per-dimension length scales for every solver
+            sleep_x, query_x = sleep_x / bandwidth, query_x / bandwidth
         weights, diagnostics = kernel_ridge_weights(
             sleep_x, query_x, kernel=self.kernel_name,
-            bandwidth=bandwidth if isinstance(bandwidth, str) else tf.exp(tf.cast(self.log_bandwidth, self.compute_dtype)),
+            bandwidth=tf.ones([], self.compute_dtype) if self.ard else bandwidth,
             ridge=tf.exp(tf.cast(self.log_ridge, self.compute_dtype)), solver=self.solver,
             bandwidth_subsample=self.bandwidth_subsample, intercept=self.intercept, **self._solver_options())
+        if self.ard:
+            diagnostics = diagnostics._replace(bandwidth=bandwidth)
         _check_bandwidth(diagnostics.bandwidth)
         return (weights, diagnostics) if return_diagnostics else weights
+
+    def _bandwidth(self, sleep_inputs):
+        """The length scale of this call: `"median"` (recomputed), fixed, or learned (the median heuristic until
+        `initialise` has run)."""
+        if not self.learn:
+            return self.bandwidth_rule if isinstance(self.bandwidth_rule, str) else tf.exp(
+                tf.cast(self.log_bandwidth, self.compute_dtype))
+        learned = tf.exp(tf.cast(self.log_bandwidth, self.compute_dtype))
+        if not isinstance(self.bandwidth_rule, str):
+            return learned
+        return tf.cond(self.initialised > 0., lambda: learned,
+                       lambda: tf.broadcast_to(median_bandwidth(sleep_inputs - tf.reduce_mean(sleep_inputs, 0),
+                                                                self.bandwidth_subsample), tf.shape(learned)))
 
     def _solver_options(self):
         if self.solver == "random_features":
@@ -419,6 +488,8 @@ class KernelRidge(keras.layers.Layer):
             "features": None if self.features is None else keras.saving.serialize_keras_object(self.features),
             "standardise_features": self.standardise_features,
             "intercept": self.intercept,
+            "learn": self.learn,
+            "ard": self.ard,
         }
 
     @classmethod
@@ -447,11 +518,11 @@ def _check_bandwidth(bandwidth):
 
     The median heuristic gives 0 when more than half of the sleep observations coincide (discrete data).
     """
-    if tf.executing_eagerly() and not tf.math.is_finite(tf.math.reciprocal(tf.square(bandwidth))):
+    if tf.executing_eagerly() and not tf.reduce_all(tf.math.is_finite(tf.math.reciprocal(tf.square(bandwidth)))):
         raise ValueError(
             "The kernel bandwidth is 0 or too small to use (the median heuristic gives 0 when more than half of "
             "the sleep observations coincide); pass a positive bandwidth to KernelRidge. "
-            f"Received: bandwidth={float(bandwidth)!r}")
+            f"Received: bandwidth={bandwidth.numpy()!r}")
 
 
 def _check_batches(sleep_x, query_x):
