@@ -8,9 +8,9 @@ retry on top of it.
 
 import tensorflow as tf
 
-# Below this size (and on GPU, where tf.linalg.cholesky is cuSOLVER's blocked factorisation) the blocking
-# does not pay: one call to tf.linalg.cholesky.
-_MIN_BLOCKED_ROWS = 512
+# Up to this size (and on GPU, where tf.linalg.cholesky is cuSOLVER's blocked factorisation) the blocking
+# does not pay: one call to tf.linalg.cholesky. Measurements in `cholesky`'s docstring.
+_MAX_UNBLOCKED_ROWS = 768
 _BLOCK_SIZE = 256
 
 
@@ -37,7 +37,7 @@ def cholesky(matrix, block_size=None):
     on or below the diagonal of `S` are computed, one block column at a time (measured faster than one
     `[N - b, N - b]` product, which does twice the work).
 
-    The gradient is the symmetric one of `tf.linalg.cholesky` (Murray, 2016, eq. 10 for one block),
+    The gradient is the symmetric one of `tf.linalg.cholesky` (Murray, 2016, for one block),
     `A_bar = sym(L^{-T} Phi(L^T L_bar) L^{-1})`, with `Phi` taking the lower triangle and halving the
     diagonal and `sym(X) = (X + X^T) / 2`; it is computed by the reverse of the blocks above, from the last
     block to the first, with `G` the gradient of the trailing matrix `S` (symmetric):
@@ -50,12 +50,28 @@ def cholesky(matrix, block_size=None):
 
     again matrix products apart from `b x b` blocks and triangular solves with `b` columns.
 
-    Block size (default rule): `N < 512`, one call to `tf.linalg.cholesky`; otherwise `b = 256`.
+    Default rule, on CPU: `N <= 768`, one call to `tf.linalg.cholesky`; larger `N`, blocks of `b = 256`.
+    Median seconds, float32 Gaussian Gram matrices, 2-core Xeon shared with other jobs (noisy: a few
+    interleaved repeats; `benchmarks/cholesky_speed.py` measures it again):
+
+        N      tf.linalg.cholesky   b=128   b=192   b=256   b=384   b=512
+        600    0.0030               0.0033  0.0034  0.0037  0.0035
+        750    0.0050               0.0049  0.0049  0.0052  0.0051
+        1000   0.0100               0.0088  0.0086  0.0091  0.0092
+        2000   0.093                0.033   0.029   0.028   0.034   0.038
+        4000   0.59                 0.28    0.26    0.25    0.26    0.28
+        8000   4.2                  1.28    1.27    1.19    1.55
+
+    Blocks of 768 and 1024 were slower still (4000: 0.59 and 0.63 s). Computing the full trailing product
+    instead of its lower block columns was slower at every block size (one run: 4000, 0.35 s at best against
+    0.25 s; 8000, 5.1 s against 1.9 s). Forward and backward at N = 4000 (b = 256, one run): 1.5 s, against
+    6.9 s for `tf.linalg.cholesky` and 2.5 s for automatic differentiation through the blocks (whose gradient
+    is moreover the lower-triangle one, not `tf.linalg.cholesky`'s symmetric one).
 
     #### References
 
     [1] Iain Murray. Differentiation of the Cholesky decomposition. arXiv:1602.07527, 2016.
-    [2] Gene H. Golub, Charles F. Van Loan. Matrix Computations, 4th ed., section 4.2.9 (block Cholesky).
+    [2] Gene H. Golub, Charles F. Van Loan. Matrix Computations, 4th ed., 2013, section 4.2 (block Cholesky).
 
     Args:
       matrix: `Tensor[..., N, N]`, symmetric positive definite, float32 or float64.
@@ -72,7 +88,7 @@ def cholesky(matrix, block_size=None):
     return _factor_with_gradient(matrix, _blocks(matrix, block_size))
 
 
-def retrying_cholesky(matrix, jitter=None, max_iters=5):
+def retrying_cholesky(matrix, jitter=None, max_iters=5, block_size=None):
     """`cholesky`, retried with growing diagonal jitter when the matrix is not numerically positive definite.
 
     The semantics of `tfp.experimental.distributions.marginal_fns.retrying_cholesky`: factor `A`; for each
@@ -95,21 +111,23 @@ def retrying_cholesky(matrix, jitter=None, max_iters=5):
       matrix: `Tensor[..., N, N]`, symmetric, float32 or float64.
       jitter: first diagonal shift, a positive scalar; `None` (default) for 1e-6 (float32) or 1e-10 (float64).
       max_iters: maximum number of retries, a non-negative `int`.
+      block_size: as in `cholesky`.
 
     Returns:
       chol: `Tensor[..., N, N]`, the lower Cholesky factor of `A + s I`; all NaN for a matrix of the batch that
         still failed after `max_iters` retries.
-      jitter_used: `Tensor[...]`, the shift `s` of each matrix (0 where `A` factored).
+      jitter_used: `Tensor[...]`, the shift `s` of each matrix (0 where `A` factored; for one that still
+        failed, as in TFP, 10 times the last shift tried).
 
     Raises:
-      ValueError: as `cholesky`; `max_iters` is not a non-negative int.
+      ValueError: as `cholesky`, or `max_iters` is not a non-negative int.
     """
     matrix = _checked_matrix(matrix)
     if not isinstance(max_iters, int) or max_iters < 0:
         raise ValueError(f"`max_iters` must be a non-negative int. Received: max_iters={max_iters!r}")
     if jitter is None:
         jitter = 1e-10 if matrix.dtype == tf.float64 else 1e-6
-    blocks = _blocks(matrix, None)
+    blocks = _blocks(matrix, block_size)
 
     @tf.custom_gradient
     def factor_with_retries(matrix):
@@ -137,7 +155,7 @@ def _blocks(matrix, block_size):
     if num_rows is None:
         return [(0, None)]
     if block_size is None:
-        if num_rows < _MIN_BLOCKED_ROWS or _on_gpu(matrix):
+        if num_rows <= _MAX_UNBLOCKED_ROWS or _on_gpu(matrix):
             return [(0, num_rows)]
         block_size = _BLOCK_SIZE
     return [(start, min(start + block_size, num_rows)) for start in range(0, num_rows, block_size)]
@@ -205,7 +223,7 @@ def _factor_gradient(chol, chol_grad, blocks):
 
 
 def _block_gradient(chol, chol_grad):
-    """`sym(L^{-T} Phi(L^T L_bar) L^{-1})`, the gradient `tf.linalg.cholesky` uses (Murray, 2016, eq. 10)."""
+    """`sym(L^{-T} Phi(L^T L_bar) L^{-1})`, the gradient `tf.linalg.cholesky` uses (Murray, 2016)."""
     middle = tf.linalg.band_part(tf.matmul(chol, chol_grad, adjoint_a=True), -1, 0)
     middle = tf.linalg.set_diag(middle, 0.5 * tf.linalg.diag_part(middle))
     grad = tf.linalg.triangular_solve(chol, middle, adjoint=True)  # L^{-T} Phi
