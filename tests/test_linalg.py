@@ -156,11 +156,15 @@ def test_default_rule_uses_tf_cholesky_for_small_matrices():
 
 
 def test_unknown_size_uses_tf_cholesky():
-    unknown = tf.TensorSpec([None, None])
+    """Without a static N, one block: the factor and gradient still equal `tf.linalg.cholesky`'s."""
+    unknown = tf.TensorSpec([None, None], tf.float64)
     assert count_ops(lambda a: linalg.cholesky(a, 64), unknown, "Cholesky") == 1
-    function = tf.function(lambda a: linalg.cholesky(a, 64), input_signature=[unknown])
     matrix = spd_matrix(100)
-    assert close(function(tf.constant(matrix, tf.float32)), tf.linalg.cholesky(matrix), np.float32)
+    weights = np.random.default_rng(1).normal(size=(100, 100))
+    function = tf.function(lambda a: factor_and_gradient(lambda a: linalg.cholesky(a, 64), a, weights),
+                           input_signature=[unknown])
+    for actual, expected in zip(function(matrix), factor_and_gradient(tf.linalg.cholesky, matrix, weights)):
+        assert close(actual, expected, np.float64)
 
 
 def test_default_rule_uses_tf_cholesky_on_gpu():
@@ -177,6 +181,7 @@ def test_default_rule_uses_tf_cholesky_on_gpu():
 @pytest.mark.parametrize("call, message", [
     (lambda: linalg.cholesky(np.eye(3), block_size=0), "block_size=0"),
     (lambda: linalg.cholesky(np.eye(3), block_size=2.0), "block_size=2.0"),
+    (lambda: linalg.cholesky(np.eye(3), block_size=True), "block_size=True"),
     (lambda: linalg.cholesky(np.ones([2, 3])), "matrix of shape (2, 3)"),
     (lambda: linalg.cholesky(np.ones([3])), "matrix of shape (3,)"),
     (lambda: linalg.retrying_cholesky(np.eye(3), max_iters=-1), "max_iters=-1"),

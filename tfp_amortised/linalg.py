@@ -6,6 +6,8 @@ for the `N x N` Gram matrices of the exact kernel-ridge solver; `retrying_choles
 retry on top of it.
 """
 
+import numbers
+
 import tensorflow as tf
 
 # Up to this size (and on GPU, where tf.linalg.cholesky is cuSOLVER's blocked factorisation) the blocking
@@ -138,7 +140,7 @@ def retrying_cholesky(matrix, jitter=None, max_iters=5, block_size=None):
 
 
 def _checked_matrix(matrix):
-    """`matrix` as a float `Tensor[..., N, N]`, or a ValueError naming its shape."""
+    """`matrix` as a `Tensor[..., N, N]`, or a ValueError naming its shape."""
     matrix = tf.convert_to_tensor(matrix)
     shape = matrix.shape
     if shape.rank is not None and (shape.rank < 2 or not shape[-2:].is_compatible_with([shape[-1]] * 2)):
@@ -149,7 +151,8 @@ def _checked_matrix(matrix):
 
 def _blocks(matrix, block_size):
     """The `(start, stop)` rows of each block: one block for small, unknown-size or GPU matrices."""
-    if block_size is not None and (not isinstance(block_size, int) or block_size < 1):
+    if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral)
+                                   or block_size < 1):
         raise ValueError(f"`block_size` must be a positive int. Received: block_size={block_size!r}")
     num_rows = matrix.shape[-1]
     if num_rows is None:
@@ -158,7 +161,7 @@ def _blocks(matrix, block_size):
         if num_rows <= _MAX_UNBLOCKED_ROWS or _on_gpu(matrix):
             return [(0, num_rows)]
         block_size = _BLOCK_SIZE
-    return [(start, min(start + block_size, num_rows)) for start in range(0, num_rows, block_size)]
+    return [(start, min(start + int(block_size), num_rows)) for start in range(0, num_rows, int(block_size))]
 
 
 def _on_gpu(matrix):
@@ -193,7 +196,7 @@ def _factor(matrix, blocks):
             rows = below[..., blocks[k][0] - stop:, :]
             trailing[k] -= tf.matmul(rows, rows[..., :blocks[k][1] - blocks[k][0], :], transpose_b=True)
     columns.append(_pad_top(tf.linalg.cholesky(trailing[-1]), blocks[-1][0]))
-    chol = tf.concat(columns, axis=-1) if len(columns) > 1 else columns[0]
+    chol = tf.concat(columns, axis=-1)
     # A failed block makes every later one NaN, the last diagonal entry included.
     return tf.where(tf.math.is_finite(chol[..., -1:, -1:]), chol, tf.constant(float("nan"), chol.dtype))
 
@@ -237,12 +240,11 @@ def _retry(matrix, jitter, max_iters, blocks):
     def failed(chol):
         return ~tf.math.is_finite(chol[..., -1, -1])
 
-    def retry(i, shift, chol):
+    def retry(shift, chol):
         chol = _factor(tf.linalg.set_diag(matrix, tf.linalg.diag_part(matrix) + shift[..., tf.newaxis]), blocks)
-        return i + 1, tf.where(failed(chol), 10 * shift, shift), chol
+        return tf.where(failed(chol), 10 * shift, shift), chol
 
     chol = _factor(matrix, blocks)
     shift = tf.where(failed(chol), jitter, tf.zeros([], matrix.dtype))
-    _, shift, chol = tf.while_loop(lambda i, shift, chol: tf.reduce_any(failed(chol)), retry,
-                                   (tf.constant(0), shift, chol), maximum_iterations=max_iters)
-    return chol, shift
+    return tf.while_loop(lambda shift, chol: tf.reduce_any(failed(chol)), retry, (shift, chol),
+                         maximum_iterations=max_iters)[::-1]
