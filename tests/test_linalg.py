@@ -125,9 +125,9 @@ def test_retrying_cholesky_gradient_is_that_of_the_shifted_matrix():
 
 def test_eager_function_and_xla_agree():
     """Factor, gradient and retry (with its while loop) in the three modes."""
-    matrix = spd_matrix(300, np.float32)
-    singular = low_rank_gram(300, dtype=np.float32)
-    weights = np.random.default_rng(1).normal(size=(300, 300)).astype(np.float32)
+    matrix = spd_matrix(150, np.float32)
+    singular = low_rank_gram(150, dtype=np.float32)
+    weights = np.random.default_rng(1).normal(size=(150, 150)).astype(np.float32)
 
     def run(matrix, singular):
         chol, gradient = factor_and_gradient(lambda a: linalg.cholesky(a, 64), matrix, weights)
@@ -153,6 +153,21 @@ def test_default_rule_uses_tf_cholesky_for_small_matrices():
     assert count_ops(linalg.cholesky, small, "MatrixTriangularSolve") == 0
     assert count_ops(linalg.cholesky, large, "Cholesky") == 4  # blocks of 256, the last of one row
     assert count_ops(lambda a: linalg.cholesky(a, 700), large, "Cholesky") == 2
+
+
+def test_xla_default_factor_is_xla_cholesky_with_the_blocked_gradient():
+    """Under XLA the default rule factors with one Cholesky op; the gradient is blocked (triangular solves).
+
+    (Traced, not compiled; the blocked gradient serves any factor, and `test_eager_function_and_xla_agree`
+    runs it under XLA.)
+    """
+    def gradient(matrix):
+        return factor_and_gradient(linalg.cholesky, matrix, tf.ones_like(matrix))[1]
+
+    spec = tf.TensorSpec([800, 800], tf.float64)
+    graph = tf.function(gradient, jit_compile=True).get_concrete_function(spec).graph
+    assert sum(op.type == "Cholesky" for op in graph.get_operations()) == 1
+    assert sum(op.type == "MatrixTriangularSolve" for op in graph.get_operations()) > 4
 
 
 def test_unknown_size_uses_tf_cholesky():
