@@ -94,7 +94,7 @@ def median_times(calls, repeats):
 
 def default_block_size(num_rows):
     """The block size of `cholesky`'s default rule for an `N x N` matrix here (`N`: one `tf.linalg.cholesky`)."""
-    start, stop = linalg._blocks(tf.TensorSpec([num_rows, num_rows]), None)[0]
+    start, stop = linalg._partitions(tf.TensorSpec([num_rows, num_rows]), None)[0][0]
     return stop - start
 
 

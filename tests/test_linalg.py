@@ -155,6 +155,16 @@ def test_default_rule_uses_tf_cholesky_for_small_matrices():
     assert count_ops(lambda a: linalg.cholesky(a, 700), large, "Cholesky") == 2
 
 
+def test_small_matrices_have_the_blocked_gradient():
+    """N <= 768: one Cholesky op, but the gradient in blocks of 256 (2 solves per block, 1 per panel)."""
+    def gradient(matrix):
+        return factor_and_gradient(linalg.cholesky, matrix, tf.ones_like(matrix))[1]
+
+    spec = tf.TensorSpec([768, 768])
+    assert count_ops(gradient, spec, "Cholesky") == 1
+    assert count_ops(gradient, spec, "MatrixTriangularSolve") == 3 * 2 + 2
+
+
 def test_xla_default_factor_is_xla_cholesky_with_the_blocked_gradient():
     """Under XLA the default rule factors with one Cholesky op; the gradient is blocked (triangular solves).
 
@@ -188,9 +198,9 @@ def test_default_rule_uses_tf_cholesky_on_gpu():
         return types.SimpleNamespace(shape=tf.TensorShape([2000, 2000]), device=device)
 
     gpu, cpu = placed("/job:localhost/replica:0/task:0/device:GPU:0"), placed("/device:CPU:0")
-    assert linalg._blocks(gpu, None) == [(0, 2000)]
-    assert len(linalg._blocks(cpu, None)) == 8
-    assert len(linalg._blocks(gpu, 500)) == 4
+    assert linalg._partitions(gpu, None) == ([(0, 2000)], [(0, 2000)])
+    assert [len(blocks) for blocks in linalg._partitions(cpu, None)] == [8, 8]
+    assert [len(blocks) for blocks in linalg._partitions(gpu, 500)] == [4, 4]
 
 
 @pytest.mark.parametrize("call, message", [
