@@ -118,6 +118,17 @@ def main(kind, out_path):
                           callbacks=[keras.callbacks.TerminateOnNaN()])
     report["fit"] = {"weights": [v.numpy().ravel().tolist() for v in learner.trainable_variables],
                      "history": history.history}
+    if kind == "mirrored":  # a learning regression: hyperparameters trained on the replicas' held-out errors
+        from tfp_amortised import KernelRidge  # pylint: disable=import-outside-toplevel
+        with strategy.scope():
+            learner = AmortisedLearner(FactorAnalysisModel(1, 2, seed=1), num_sleep=NUM_SLEEP, form="conditional",
+                                       num_holdout=NUM_HOLDOUT, seed=SEED, regression=KernelRidge(learn=True))
+            learner.compile(optimizer=keras.optimizers.Adam(0.05), regression_optimizer=keras.optimizers.Adam(0.1))
+        initial = float(learner.regression.bandwidth) if learner.regression.built else None
+        history = learner.fit(data, batch_size=NUM_WAKE, epochs=2, shuffle=False, verbose=0)
+        report["learned"] = {"history": history.history, "initialised_bandwidth": initial,
+                             "bandwidth": float(learner.regression.bandwidth),
+                             "regression_steps": int(learner.regression_optimizer.iterations)}
     with open(out_path, "w", encoding="utf-8") as f:
         json.dump(report, f)
 

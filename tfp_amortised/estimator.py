@@ -170,10 +170,10 @@ def amortised_step(joint, wake_x, *, num_sleep, seed, observed="x", regression=N
                    "jitter": regression_diagnostics.jitter}
     held_out_loss = tf.zeros([], weights.dtype)
     if num_holdout:
-        fitted, target = held_out_targets(joint_fn, sample, num_local, observed, form, variables,
+        held_out = {name: value[num_local:] for name, value in sample.items()}
+        fitted, target = held_out_targets(joint_fn, fit, held_out, observed, form, variables,
                                           tf.random.experimental.stateless_fold_in(step_seed, 1))
-        held_out_loss = regression_loss(distributed.gather(fitted) if form == "joint" else fitted, target,
-                                        weights[num_wake:])
+        held_out_loss = regression_loss(fitted, target, weights[num_wake:])
         diagnostics["ridge_r2"] = 1. - held_out_loss
         _, num_replicas = distributed.replica_id_and_count()
         held_out_loss /= num_replicas
@@ -181,7 +181,7 @@ def amortised_step(joint, wake_x, *, num_sleep, seed, observed="x", regression=N
                          held_out_loss)
 
 
-def held_out_targets(joint, sample, num_fit, observed, form, variables, seed):
+def held_out_targets(joint, fit, held_out, observed, form, variables, seed):
     """What the regression predicts at the held-out sleep samples, and what it should predict there.
 
     The step's estimate at a held-out observation `x_h` is `sum_n alpha_n(x_h) g_n(x_h)`, with `g_n(x) =
@@ -189,31 +189,32 @@ def held_out_targets(joint, sample, num_fit, observed, form, variables, seed):
     `grad log p(z_h, x_h)` has that estimate's target, `grad log p(x_h)`, as its conditional mean given `x_h`.
     Their expected squared difference is the estimator's squared error plus a constant, so it is the objective
     to select the regression by. Gradients are projected on `K = 2` random directions (`gradient_projections`);
-    without `variables` the log-joint itself stands in for them.
+    without `variables` the log-joint itself stands in for them. Under a `tf.distribute` strategy the fitted
+    values are every replica's (all-gathered samples or values), in the order of the global sleep set.
 
     Args:
       joint: a zero-argument callable returning the `tfd.JointDistribution` (a distribution, without variables).
-      sample: dict `{node: Tensor[N_fit + H, *event_shape]}`, the fitted then the held-out sleep samples.
-      num_fit: `N_fit`, the number of fitted sleep samples (this replica's).
+      fit: dict `{node: Tensor[N_r, *event_shape]}`, this replica's sleep samples the regression is fitted on.
+      held_out: dict `{node: Tensor[H, *event_shape]}`, this replica's held-out sleep samples.
       observed: name of the observed node.
       form: `"joint"` or `"conditional"`.
       variables: the model's variables, or None.
       seed: stateless seed of the projections.
 
     Returns:
-      `(fitted, target)`: `Tensor[N_fit, K]` (joint form) or `Tensor[H, N_fit, K]` (conditional form: `g_n(x_h)`),
-      and `Tensor[H, K]`, detached.
+      `(fitted, target)`: `Tensor[N, K]` (joint form) or `Tensor[H, N, K]` (conditional form: `g_n(x_h)`), and
+      `Tensor[H, K]`, detached.
     """
     def values(named):
         if variables is None:
             return _joint.log_prob(_joint.resolve_joint(joint), named)[..., tf.newaxis]
         return gradient_projections(joint, named, variables, seed)
 
-    held_out = {name: value[num_fit:] for name, value in sample.items()}
     if form == "joint":
-        both = values(sample)
-        return both[:num_fit], both[num_fit:]
-    paired = {name: value[tf.newaxis, :num_fit] for name, value in sample.items()}
+        num_fit = tf.shape(fit[observed])[0]
+        both = values({name: tf.concat([fit[name], held_out[name]], axis=0) for name in fit})
+        return distributed.gather(both[:num_fit]), both[num_fit:]
+    paired = {name: distributed.gather(value)[tf.newaxis] for name, value in fit.items()}
     paired[observed] = held_out[observed][:, tf.newaxis]  # g_n(x_h): latents [1, N] against observations [H, 1]
     return values(paired), values(held_out)
 

@@ -79,6 +79,9 @@ class AmortisedLearner(Learner):
         self.num_sleep, self.num_holdout = check_num_sleep(num_sleep), check_num_holdout(num_holdout)
         self.form = form
         self.regression = KernelRidge() if regression is None else regression
+        if self.regression.learn and not self.num_holdout:
+            raise ValueError("A learning regression (KernelRidge(learn=True)) is trained on held-out sleep samples: "
+                             f"num_holdout must be positive. Received: num_holdout={num_holdout!r}")
 
     def compile(self, optimizer="rmsprop", regression_optimizer=None, **kwargs):
         """`keras.Model.compile`, and the optimiser of a learning regression's hyperparameters.
@@ -125,8 +128,11 @@ class AmortisedLearner(Learner):
 
     def fit(self, x=None, *args, **kwargs):
         """`Learner.fit`, after starting a learning regression from the median heuristic on a sleep set."""
-        if self.regression.learn:
-            self.regression.initialise(self.sample(self.num_sleep, seed=[0, 1])[self.observed])
+        if self.regression.learn:  # eagerly, in the strategy's scope: variables cannot be created in a step
+            with self.distribute_strategy.scope():
+                self.regression.initialise(self.sample(self.num_sleep, seed=[0, 1])[self.observed])
+                if not self.regression_optimizer.built:
+                    self.regression_optimizer.build(self.regression.trainable_variables)
         return super().fit(x, *args, **kwargs)
 
     def sample(self, num_samples, seed=None):

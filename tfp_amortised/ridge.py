@@ -385,7 +385,7 @@ class KernelRidge(keras.layers.Layer):
         The learner calls it, eagerly, before its first step; a layer that has already been initialised (or that
         started from a fixed bandwidth, or does not learn) is left as it is.
         """
-        if not self.learn or float(self.initialised) > 0.:
+        if not self.learn or float(self.initialised.numpy()) > 0.:
             return
         if not self.built:
             self.build(tf.convert_to_tensor(sleep_x).shape)
@@ -451,9 +451,10 @@ class KernelRidge(keras.layers.Layer):
         learned = tf.exp(tf.cast(self.log_bandwidth, self.compute_dtype))
         if not isinstance(self.bandwidth_rule, str):
             return learned
-        return tf.cond(self.initialised > 0., lambda: learned,
-                       lambda: tf.broadcast_to(median_bandwidth(sleep_inputs - tf.reduce_mean(sleep_inputs, 0),
-                                                                self.bandwidth_subsample), tf.shape(learned)))
+        # Both branches are computed (no tf.cond: it breaks inside a tf.distribute replica context); the median of
+        # a subsample costs little beside the regression.
+        median = median_bandwidth(sleep_inputs - tf.reduce_mean(sleep_inputs, 0), self.bandwidth_subsample)
+        return tf.where(self.initialised > 0., learned, tf.broadcast_to(median, tf.shape(learned)))
 
     def _solver_options(self):
         if self.solver == "random_features":

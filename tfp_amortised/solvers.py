@@ -17,6 +17,8 @@ The two approximations are linear in N (time and memory) for a fixed wake batch 
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfp_amortised import linalg
+
 psd_kernels = tfp.math.psd_kernels
 
 # Degrees of freedom 2 nu of the Student-t spectral density of each Matern kernel; None for the Gaussian one.
@@ -51,7 +53,7 @@ def _cholesky_weights(gram, cross, ridge):
     """`(gram + N ridge I)^{-1} cross`, transposed, and the jitter: `gram: [N, N]`, `cross: [N, M]` -> `[M, N]`."""
     num_sleep = tf.cast(tf.shape(gram)[0], gram.dtype)
     gram = tf.linalg.set_diag(gram, tf.linalg.diag_part(gram) + num_sleep * ridge)
-    chol, jitter = tfp.experimental.distributions.marginal_fns.retrying_cholesky(gram)
+    chol, jitter = linalg.retrying_cholesky(gram)
     return tf.transpose(tf.linalg.cholesky_solve(chol, cross)), jitter
 
 
@@ -83,7 +85,7 @@ def feature_ridge_weights(sleep_features, query_features, ridge):
     num_sleep = tf.cast(tf.shape(sleep_features)[0], sleep_features.dtype)
     precision = tf.matmul(sleep_features, sleep_features, transpose_a=True)  # [F, F]
     precision = tf.linalg.set_diag(precision, tf.linalg.diag_part(precision) + num_sleep * ridge)
-    chol, jitter = tfp.experimental.distributions.marginal_fns.retrying_cholesky(precision)
+    chol, jitter = linalg.retrying_cholesky(precision)
     coefficients = tf.linalg.cholesky_solve(chol, tf.transpose(query_features))  # [F, M]
     return tf.matmul(coefficients, sleep_features, transpose_a=True, transpose_b=True), jitter
 
@@ -191,7 +193,7 @@ def nystrom_ridge_weights(kernel, sleep_x, query_x, ridge, num_inducing=512):
         `R x R` ridge system needed.
     """
     inducing = sleep_x[:num_inducing]
-    chol, inducing_jitter = tfp.experimental.distributions.marginal_fns.retrying_cholesky(
+    chol, inducing_jitter = linalg.retrying_cholesky(
         kernel.matrix(inducing, inducing))
 
     def features(x):
