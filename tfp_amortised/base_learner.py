@@ -309,7 +309,7 @@ def check_observations(x, reference_x, observed, argument="x"):
         return x
     if dtype.is_floating and x.dtype.size > dtype.size:
         largest = float(tf.reduce_max(tf.abs(x)))
-        if largest > dtype.max:
+        if largest > float(dtype.max):
             raise ValueError(f"{argument} holds values beyond the range of the observed node {observed!r} "
                              f"({dtype.name}, largest {dtype.max:.4g}), which would become infinite. "
                              f"Received: {argument} with a value of magnitude {largest:.6g}")
