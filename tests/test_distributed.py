@@ -96,3 +96,14 @@ def test_multi_worker_fit_matches_the_mirrored_fit(runs):
                                       runs["mirrored"]["fit"]["weights"]):
         np.testing.assert_array_equal(ours, theirs)
         np.testing.assert_allclose(ours, mirrored, atol=1e-6)
+
+
+def test_mirrored_skipped_steps_change_neither_weights_nor_adam(runs):
+    """Under MirroredStrategy two all-NaN batches after two good ones are skipped on both replicas (the cond
+    runs in the cross-replica context): the same weights and Adam moments as the good batches alone, 2 iterations,
+    and 2 skipped steps counted once, not once per replica."""
+    skip = runs["mirrored"]["skip"]
+    np.testing.assert_array_equal(skip["poisoned"]["state"], skip["clean"]["state"])
+    assert skip["clean"]["iterations"] == skip["poisoned"]["iterations"] == 2
+    assert (skip["poisoned"]["skipped_steps"], skip["poisoned"]["invalid_batches"]) == (2., 2.)
+    assert skip["clean"]["skipped_steps"] == 0.
