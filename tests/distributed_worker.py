@@ -109,7 +109,7 @@ def _skipped_steps(strategy, data):
         history = learner.fit(tf.data.Dataset.from_tensor_slices(x.astype("float32")).batch(NUM_WAKE), epochs=1,
                               verbose=0)
         report[name] = {"state": _flat(learner.trainable_variables + learner.optimizer.variables[1:]),
-                        "iterations": int(learner.optimizer.iterations),
+                        "iterations": int(learner.optimizer.iterations.numpy()),
                         "skipped_steps": history.history["skipped_steps"][0],
                         "invalid_batches": history.history["invalid_batches"][0]}
     return report
