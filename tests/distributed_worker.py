@@ -92,6 +92,29 @@ def _learner_step(strategy, learner, wake_x):
     return [b - a for b, a in zip(before, _flat(learner.trainable_variables))]
 
 
+def _skipped_steps(strategy, data):
+    """Adam fits on the data's 2 batches, then on the same batches followed by 2 all-NaN ones: the weights and
+    optimiser variables of both, the iteration counts and the second fit's skip counts."""
+    import keras  # pylint: disable=import-outside-toplevel
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    from tfp_amortised.learner import AmortisedLearner  # pylint: disable=import-outside-toplevel
+    from tfp_amortised.models import FactorAnalysisModel  # pylint: disable=import-outside-toplevel
+
+    report = {}
+    for name, x in (("clean", data.numpy()), ("poisoned", np.concatenate([data, np.full(data.shape, np.nan)]))):
+        with strategy.scope():
+            learner = AmortisedLearner(FactorAnalysisModel(1, 2, seed=1), num_sleep=NUM_SLEEP,
+                                       num_holdout=NUM_HOLDOUT, seed=SEED)
+            learner.compile(optimizer=keras.optimizers.Adam(0.05))
+        history = learner.fit(tf.data.Dataset.from_tensor_slices(x.astype("float32")).batch(NUM_WAKE), epochs=1,
+                              verbose=0)
+        report[name] = {"state": _flat(learner.trainable_variables + learner.optimizer.variables[1:]),
+                        "iterations": int(learner.optimizer.iterations.numpy()),
+                        "skipped_steps": history.history["skipped_steps"][0],
+                        "invalid_batches": history.history["invalid_batches"][0]}
+    return report
+
+
 def main(kind, out_path):
     strategy = _strategy(kind)
     import keras  # pylint: disable=import-outside-toplevel
@@ -129,6 +152,8 @@ def main(kind, out_path):
         report["learned"] = {"history": history.history, "initialised_bandwidth": initial,
                              "bandwidth": float(learner.regression.bandwidth),
                              "regression_steps": int(learner.regression_optimizer.iterations)}
+    if kind == "mirrored":
+        report["skip"] = _skipped_steps(strategy, data)
     with open(out_path, "w", encoding="utf-8") as f:
         json.dump(report, f)
 

@@ -105,3 +105,14 @@ def test_a_learning_regression_trains_under_mirrored_strategy(runs):
     assert report["regression_steps"] == 4  # 2 epochs of 2 batches
     assert all(np.isfinite(report["history"][name]).all() for name in ("loss", "bandwidth", "ridge_r2"))
     assert report["bandwidth"] != report["history"]["bandwidth"][0]
+
+
+def test_mirrored_skipped_steps_change_neither_weights_nor_adam(runs):
+    """Under MirroredStrategy two all-NaN batches after two good ones are skipped on both replicas (the cond
+    runs in the cross-replica context): the same weights and Adam moments as the good batches alone, 2 iterations,
+    and 2 skipped steps counted once, not once per replica."""
+    skip = runs["mirrored"]["skip"]
+    np.testing.assert_array_equal(skip["poisoned"]["state"], skip["clean"]["state"])
+    assert skip["clean"]["iterations"] == skip["poisoned"]["iterations"] == 2
+    assert (skip["poisoned"]["skipped_steps"], skip["poisoned"]["invalid_batches"]) == (2., 2.)
+    assert skip["clean"]["skipped_steps"] == 0.

@@ -5,11 +5,18 @@ Endpoints (all `tf.function`s with input signatures):
     sample(num_samples: int32[], seed: int32[2]) -> {node: [num_samples, *event_shape]}    (stateless seed)
     log_joint(*nodes) -> [B]        one input per node, in the model's order, each [B, *event_shape], named
                                     after the node in the serving signature
-    posterior_mean(x: [M, *event_shape]) -> {latent: float [M, *event_shape]}
+    posterior_mean(x: [M, *event_shape]) -> {latent: float [M, *event_shape],
+                                             categorical latent + "_probabilities": float [M, *event_shape, C]}
 
 `posterior_mean` is the encoder-free posterior expectation of amortised learning (Wenliang et al., 2020):
 
     E[z | x] ~= sum_n alpha_n(x) z_n,      alpha(x) = (K + N lam I)^{-1} k(X, x),
+
+for every latent except a categorical one (a `tfd.Categorical` node, possibly inside `tfd.Independent` or
+`tfd.Sample`), whose mean label index means nothing: for such a latent `z` with `C` classes the output is
+`z_probabilities`, the estimated class probabilities `p(z = c | x) ~= sum_n alpha_n(x) one_hot(z_n)_c`, and there
+is no `z` output. (Ridge estimates are not constrained to [0, 1]: they may fall slightly outside it, and sum to one
+only with `KernelRidge(intercept=True)`.)
 
 on a sleep set `(z_n, x_n)` drawn at export time and stored in the SavedModel (variable collection
 `sleep_set`), by a copy of the learner's `KernelRidge` regression (same kernel, solver, `lam` and feature map, the map shared
@@ -20,14 +27,18 @@ matrix, O(N^3 / 3).
 
 import keras
 import tensorflow as tf
+import tensorflow_probability as tfp
 
 from tfp_amortised import _joint
 from tfp_amortised.estimator import sleep
 from tfp_amortised.ridge import KernelRidge, flatten_events, median_bandwidth
 
+tfd = tfp.distributions
+
 
 def export_learner(learner, filepath, num_sleep=None, seed=(0, 0), verbose=False):
-    """Writes `learner`'s generative model as a SavedModel with `sample`, `log_joint` and `posterior_mean`.
+    """Writes `learner`'s generative model as a SavedModel with `sample`, `log_joint` and `posterior_mean` (class
+    probabilities `{name}_probabilities` for a categorical latent; module docstring).
 
     Load it with `tf.saved_model.load(filepath)` (no `tfp_amortised` or TFP import needed) or in Keras 3 with
     `keras.layers.TFSMLayer(filepath, call_endpoint="posterior_mean")`.
@@ -65,8 +76,11 @@ def export_learner(learner, filepath, num_sleep=None, seed=(0, 0), verbose=False
     def log_joint(*values):
         return _joint.log_prob(learner.joint_distribution(), dict(zip(names, values)))
 
+    classes = _categorical_classes(joint)
+
     def posterior_mean(x):
-        return _posterior_mean(frozen_regression, {name: v.value for name, v in stored.items()}, learner.observed, x)
+        return _posterior_mean(frozen_regression, {name: v.value for name, v in stored.items()}, learner.observed, x,
+                               classes)
 
     archive = keras.export.ExportArchive()
     archive.track(learner)
@@ -91,9 +105,30 @@ def _frozen_bandwidth(regression, sleep_x):
     return median_bandwidth(sleep_inputs, regression.bandwidth_subsample)
 
 
-def _posterior_mean(regression, sleep_set, observed, x):
-    """`{latent: [M, *event_shape]}`: ridge regression of each latent of `sleep_set` on its `x`, evaluated at `x`."""
+def _categorical_classes(joint):
+    """`{node name: number of classes C}` of the nodes of `joint` that are `tfd.Categorical` (possibly inside
+    `tfd.Independent` or `tfd.Sample`), read from the distributions' logits or probabilities."""
+    distributions, _ = joint.sample_distributions(seed=(0, 0))
+    classes = {}
+    for name, distribution in _joint.as_named(joint, distributions).items():
+        while isinstance(distribution, (tfd.Independent, tfd.Sample)):
+            distribution = distribution.distribution
+        if isinstance(distribution, tfd.Categorical):
+            parameter = distribution.logits if distribution.logits is not None else distribution.probs
+            classes[name] = int(parameter.shape[-1])
+    return classes
+
+
+def _posterior_mean(regression, sleep_set, observed, x, classes):
+    """Ridge regression of each latent of `sleep_set` on its `x`, evaluated at `x`: `{latent: [M, *event_shape]}`,
+    or for a latent with `classes[latent] = C` classes `{latent + "_probabilities": [M, *event_shape, C]}`."""
     weights = regression(sleep_set[observed], x)  # [M, N]
-    return {name: tf.reshape(tf.matmul(weights, tf.cast(flatten_events(value), weights.dtype)),
-                             tf.concat([tf.shape(x)[:1], tf.shape(value)[1:]], 0))
-            for name, value in sleep_set.items() if name != observed}
+    outputs = {}
+    for name, value in sleep_set.items():
+        if name == observed:
+            continue
+        if name in classes:
+            name, value = f"{name}_probabilities", tf.one_hot(value, classes[name], dtype=weights.dtype)
+        outputs[name] = tf.reshape(tf.matmul(weights, tf.cast(flatten_events(value), weights.dtype)),
+                                   tf.concat([tf.shape(x)[:1], tf.shape(value)[1:]], 0))
+    return outputs

@@ -5,8 +5,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfp_amortised import distributed
-from tfp_amortised.base_learner import Learner
-from tfp_amortised.estimator import (amortised_step, check_form, check_num_holdout, check_num_sleep, check_wake_x,
+from tfp_amortised.base_learner import Learner, check_observations
+from tfp_amortised.estimator import (amortised_step, check_form, check_num_holdout, check_num_sleep,
                                      ridge_expectation, sleep)
 from tfp_amortised.export import export_learner
 from tfp_amortised.ridge import KernelRidge, check_regression
@@ -28,9 +28,10 @@ class AmortisedLearner(Learner):
     Metrics each step: `loss` (`-mean s`), `bandwidth` (the kernel's length scale; the mean one with ARD),
     `ridge_r2` (the fraction of the variance of the regressed gradient, projected on random directions, that the
     ridge regression predicts at `num_holdout` held-out sleep points: an out-of-sample check of the regression
-    the step relies on, comparable across steps) and `jitter` (the diagonal shift the
-    Cholesky needed; nonzero flags a near-singular Gram matrix, which was repaired). A step whose gradient is not
-    finite is applied as a zero gradient, so NaN never reaches the weights.
+    the step relies on, comparable across steps) and `jitter` (the diagonal shift the Cholesky needed; nonzero
+    flags a near-singular Gram matrix, which was repaired), and the counts `skipped_steps` and `invalid_batches`:
+    a step whose batch is invalid or whose loss or gradient is not finite is skipped, leaving the weights and the
+    optimiser state untouched, and `fit` warns about it (`Learner`).
 
     Under a `tf.distribute` strategy (create the learner inside `strategy.scope()`), each of the `R` replicas
     draws `num_sleep / R` sleep samples with the seed folded with its replica id, the sleep observations are
@@ -122,6 +123,13 @@ class AmortisedLearner(Learner):
         if regression_ids:
             self.regression_optimizer.apply_gradients([(g, v) for g, v in pairs if id(v) in regression_ids])
 
+    def build_optimizers(self):
+        """Builds the model's optimiser on the model's variables and the regression's on its hyperparameters."""
+        if not self.optimizer.built:
+            self.optimizer.build(self._model_variables())
+        if self.regression.trainable_variables and not self.regression_optimizer.built:
+            self.regression_optimizer.build(self.regression.trainable_variables)
+
     def _model_variables(self):
         regression_ids = {id(variable) for variable in self.regression.trainable_variables}
         return [v for v in self.trainable_variables if id(v) not in regression_ids]
@@ -136,7 +144,11 @@ class AmortisedLearner(Learner):
         return super().fit(x, *args, **kwargs)
 
     def sample(self, num_samples, seed=None):
-        """Draws `num_samples` from the model: dict `{node name: Tensor[num_samples, *event_shape]}`."""
+        """Draws `num_samples` from the model: dict `{node name: Tensor[num_samples, *event_shape]}`.
+
+        Without `seed`, the seed comes from the learner's evaluation stream, never the training one: sampling does
+        not change a later `fit`.
+        """
         return sleep(self.joint_distribution(), num_samples, self.next_seed(seed))
 
     def posterior_expectation(self, x, fn, num_sleep=None, seed=None):
@@ -145,14 +157,17 @@ class AmortisedLearner(Learner):
         Args:
           x: `[M, *event_shape]` observations.
           fn: maps the sleep dict `{node name: Tensor[N, *event_shape]}` to `Tensor[N, ...]`.
-          num_sleep: size of the sleep set; default the learner's `num_sleep`.
-          seed: stateless seed; default the learner's seed generator.
+          num_sleep: size of the sleep set, an integer >= 2; default (None) the learner's `num_sleep`.
+          seed: stateless seed; default the next seed of the learner's evaluation stream (not the training one).
 
         Returns:
           `Tensor[M, ...]`: `sum_n alpha_n(x_m) fn(sleep)_n`.
+
+        Raises:
+          ValueError: naming `num_sleep`, or `x` and its offending value (`check_observations`).
         """
         sample = self.sample(self.num_sleep if num_sleep is None else check_num_sleep(num_sleep), seed)
-        x = check_wake_x(x, sample[self.observed], self.observed)
+        x = check_observations(x, sample[self.observed], self.observed)
         return ridge_expectation(sample[self.observed], x, fn(sample), self.regression)
 
     def check_data(self, data, argument, batch_size=None):
