@@ -151,7 +151,7 @@ def main(kind, out_path):
         history = learner.fit(data, batch_size=NUM_WAKE, epochs=2, shuffle=False, verbose=0)
         report["learned"] = {"history": history.history, "initialised_bandwidth": initial,
                              "bandwidth": float(learner.regression.bandwidth),
-                             "regression_steps": int(learner.regression_optimizer.iterations)}
+                             "regression_steps": int(learner.regression_optimizer.iterations.numpy())}
     if kind == "mirrored":
         report["skip"] = _skipped_steps(strategy, data)
     with open(out_path, "w", encoding="utf-8") as f:

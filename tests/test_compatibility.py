@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 
+import tfp_amortised.models  # noqa: F401  (registers the model classes the files name, as a user's script would)
 from tfp_amortised import AmortisedLearner, KernelRidge
 from tfp_amortised.baselines import ReweightedWakeSleepLearner
 

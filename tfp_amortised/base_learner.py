@@ -209,6 +209,7 @@ class Learner(keras.Model):
         """`keras.Model.fit`, after checking `batch_size` and array data (`check_data`), with a callback that warns
         at the end when steps were skipped (`Learner`)."""
         arguments = inspect.signature(keras.Model.fit).bind(self, x, *args, **kwargs).arguments
+        _refuse_sample_weight(self, arguments.get("sample_weight"))  # Keras drops it when y is None
         batch_size = arguments.get("batch_size")
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
                                        or batch_size < 1):

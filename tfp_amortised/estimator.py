@@ -110,7 +110,7 @@ def amortised_step(joint, wake_x, *, num_sleep, seed, observed="x", regression=N
     With held-out samples, the step also measures how well the regression predicts, at the held-out
     observations, what it is used for: the gradient of the log-joint. With `variables`, the targets are the
     per-sample directional derivatives `v_k . grad_theta log p(z_n, x_n)` along `K = 2` random directions `v_k`
-    in parameter space, drawn afresh each step (forward-mode differentiation, one pass per direction), whose
+    in parameter space, drawn afresh each step (`gradient_projections`), whose
     expected squared error is the squared error of the regressed gradient; without `variables`, the log-joint
     itself. `regression_loss` is the held-out mean squared error divided by the targets' variance over the sleep
     set (so `ridge_r2 = 1 - regression_loss`), differentiable with respect to the regression's hyperparameters:
@@ -123,8 +123,9 @@ def amortised_step(joint, wake_x, *, num_sleep, seed, observed="x", regression=N
     sleep set (`tfp_amortised.distributed`). With one replica this is the plain single-device step.
 
     Cost: `N` (joint form) or `M N` (conditional form) log-density terms, an `N x N` Gram matrix and one
-    Cholesky factorisation, O(N^3 / 3), for the default exact solver; with `variables` and held-out samples,
-    `K` forward-mode passes of the log-density over the `N + H` sleep samples.
+    Cholesky factorisation, O(N^3 / 3), for the default exact solver; with `variables` and held-out samples, one
+    more log-density pass over the `N + H` sleep samples (`H x N` pairs in the conditional form) with a double
+    backward pass (`gradient_projections`).
 
     Args:
       joint: a `tfd.JointDistribution` (Coroutine, Sequential or Named; batched or AutoBatched) with scalar
@@ -222,12 +223,14 @@ def held_out_targets(joint, fit, held_out, observed, form, variables, seed):
 def gradient_projections(joint, named_value, variables, seed, num_projections=2):
     """Directional derivatives of the log-joint along random directions in parameter space, per sample.
 
-    `t_bk = v_k . grad_theta log p_theta(value_b)` with `v_k ~ N(0, I)` over all parameters, by forward-mode
-    differentiation (`tf.autodiff.ForwardAccumulator`, one pass of the log-density per direction). Since
+    `t_bk = v_k . grad_theta log p_theta(value_b)` with `v_k ~ N(0, I)` over all parameters. Since
     `E_v[(v . e)^2] = |e|^2`, a squared error of these projections estimates the squared error of the gradient.
+    Each column is a Jacobian-vector product `J v_k`, computed by reverse mode twice (the gradient with respect to
+    `u` of `(J^T u) . v_k`), so it needs no more of the model than the learner's own gradient does (forward-mode
+    differentiation fails on some models, e.g. ones whose JointDistribution traces a loop).
 
     Args:
-      joint: a zero-argument callable returning the `tfd.JointDistribution` (built inside the accumulator).
+      joint: a zero-argument callable returning the `tfd.JointDistribution` (built inside the tapes).
       named_value: dict `{node name: Tensor[*batch, *event_shape]}` (broadcasting batches), detached.
       variables: list of the model's variables `theta` (Keras or TensorFlow variables).
       seed: stateless seed `int32[2]` of the directions.
@@ -240,16 +243,23 @@ def gradient_projections(joint, named_value, variables, seed, num_projections=2)
         raise TypeError("Projected gradient targets need joint as a zero-argument callable that builds the "
                         "JointDistribution from the variables (e.g. model.joint_distribution). Received: joint of "
                         f"type {type(joint).__name__}")
-    primals = [getattr(variable, "value", variable) for variable in variables]
-    columns = []
-    for k in range(num_projections):
-        direction_seeds = tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(seed, k),
-                                                                 max(len(primals), 1))
-        tangents = [tf.random.stateless_normal(tf.shape(primal), direction_seeds[i], dtype=primal.dtype)
-                    for i, primal in enumerate(primals)]
-        with tf.autodiff.ForwardAccumulator(primals, tangents) as accumulator:
-            log_joint = _joint.log_prob(_joint.resolve_joint(joint), named_value)
-        columns.append(accumulator.jvp(log_joint, unconnected_gradients=tf.UnconnectedGradients.ZERO))
+    with tf.GradientTape(persistent=True) as outer:
+        with tf.GradientTape() as inner:
+            log_joint = _joint.log_prob(_joint.resolve_joint(joint), named_value)  # [*batch]
+        cotangent = tf.zeros_like(log_joint)
+        outer.watch(cotangent)
+        vjp = inner.gradient(log_joint, variables, output_gradients=cotangent,
+                             unconnected_gradients=tf.UnconnectedGradients.ZERO)  # J^T u, one per variable
+        products = []
+        for k in range(num_projections):
+            direction_seeds = tf.random.experimental.stateless_split(
+                tf.random.experimental.stateless_fold_in(seed, k), max(len(vjp), 1))
+            products.append(tf.add_n([tf.reduce_sum(g * tf.random.stateless_normal(tf.shape(g), direction_seeds[i],
+                                                                                    dtype=g.dtype))
+                                      for i, g in enumerate(vjp)]))
+    columns = [outer.gradient(product, cotangent, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+               for product in products]
+    del outer
     return tf.stop_gradient(tf.stack(columns, axis=-1))
 
 
