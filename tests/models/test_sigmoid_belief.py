@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.models._checks import assert_gradients_match_central_differences, assert_log_marginal_compiles
 from tfp_amortised import AmortisedLearner, surrogate_log_marginal
 from tfp_amortised.models import SigmoidBeliefNetworkModel
 
-COMPILE = {"function": tf.function, "xla": lambda fn: tf.function(fn, jit_compile=True)}
 
 
 def _model(latent_dim=8, data_dim=20, dtype="float32"):
@@ -102,41 +102,14 @@ def test_conditional_pairing_broadcasts():
 def test_log_marginal_gradient_matches_finite_differences():
     model = _model(4, 6, dtype="float64")
     x = model.joint_distribution().sample(20, seed=[13, 14])[1]
-    variables = [model.latent_logits, model.loading, model.bias]
-    with tf.GradientTape() as tape:
-        total = tf.reduce_sum(model.log_marginal(x))
-    gradients = tape.gradient(total, variables)
-    step = 1e-6
-    for variable, gradient in zip(variables, gradients):
-        initial = variable.numpy()
-        differences = np.zeros_like(initial)
-        for index in np.ndindex(initial.shape):
-            values = []
-            for sign in (1., -1.):
-                shifted = initial.copy()
-                shifted[index] += sign * step
-                variable.assign(shifted)
-                values.append(float(tf.reduce_sum(model.log_marginal(x))))
-            differences[index] = (values[0] - values[1]) / (2. * step)
-        variable.assign(initial)
-        # Central differences in float64: truncation ~ step^2 |f'''| ~ 1e-11, round-off ~ 1e-16 |f| / step ~ 1e-8.
-        np.testing.assert_allclose(gradient, differences, atol=1e-6)
+    assert_gradients_match_central_differences(lambda: tf.reduce_sum(model.log_marginal(x)),
+                                               [model.latent_logits, model.loading, model.bias], atol=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["function", "xla"])
 def test_log_marginal_and_gradient_compile(mode):
     model = _model(13, 10)  # two chunks, so the chunked logsumexp is compiled too
-    x = model.joint_distribution().sample(16, seed=[15, 16])[1]
-
-    def value_and_gradient():
-        with tf.GradientTape() as tape:
-            value = model.log_marginal(x)
-        return value, tape.gradient(value, model.trainable_variables)
-
-    eager, compiled = value_and_gradient(), COMPILE[mode](value_and_gradient)()
-    np.testing.assert_allclose(compiled[0], eager[0], rtol=1e-5)  # float32 reassociation only
-    for got, want in zip(compiled[1], eager[1]):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert_log_marginal_compiles(model, model.joint_distribution().sample(16, seed=[15, 16])[1], mode)
 
 
 def test_moments_of_simulated_data():

@@ -6,14 +6,12 @@ import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_amortised.evaluation import median_relative_error, per_point_gradients
+from tests.models._checks import assert_log_marginal_compiles
 from tfp_amortised import surrogate_log_marginal
+from tfp_amortised.evaluation import median_relative_error, per_point_gradients
 from tfp_amortised.models.softplus import SoftplusGaussianModel
 
 tfd = tfp.distributions
-
-COMPILE = {"function": tf.function, "xla": lambda fn: tf.function(fn, jit_compile=True)}
-
 
 @pytest.mark.parametrize("batch_shape", [[], [4], [2, 3]])
 def test_log_marginal_matches_monte_carlo(batch_shape):
@@ -35,17 +33,7 @@ def test_log_marginal_matches_monte_carlo(batch_shape):
 @pytest.mark.parametrize("mode", ["function", "xla"])
 def test_log_marginal_and_gradient_compile(mode):
     model = SoftplusGaussianModel((1., -0.5), 0.7)
-    x = model.joint_distribution().sample(6, seed=[3, 4])[1]
-
-    def value_and_gradient():
-        with tf.GradientTape() as tape:
-            value = model.log_marginal(x)
-        return value, tape.gradient(value, model.trainable_variables)
-
-    eager, compiled = value_and_gradient(), COMPILE[mode](value_and_gradient)()
-    np.testing.assert_allclose(compiled[0], eager[0], rtol=1e-5)  # float32 reassociation only
-    for got, want in zip(compiled[1], eager[1]):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert_log_marginal_compiles(model, model.joint_distribution().sample(6, seed=[3, 4])[1], mode)
 
 
 def test_posterior_density_integrates_to_one():

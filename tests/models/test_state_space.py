@@ -6,10 +6,10 @@ import pytest
 import tensorflow as tf
 from scipy import stats
 
+from tests.models._checks import assert_gradients_match_central_differences, assert_log_marginal_compiles
 from tfp_amortised import AmortisedLearner, surrogate_log_marginal
 from tfp_amortised.models import AutoregressiveStateSpaceModel
 
-COMPILE = {"function": tf.function, "xla": lambda fn: tf.function(fn, jit_compile=True)}
 PARAMETERS = {"ar_coefficient": -0.7, "loading": 1.3, "transition_scale": 0.6, "observation_scale": 0.4}
 
 
@@ -83,20 +83,8 @@ def test_conditional_pairing_broadcasts():
 def test_log_marginal_gradient_matches_finite_differences():
     model = _model(dtype="float64")
     x = model.joint_distribution().sample(8, seed=[11, 12])[1]
-    with tf.GradientTape() as tape:
-        total = tf.reduce_sum(model.log_marginal(x))
-    gradients = tape.gradient(total, model.trainable_variables)
-    step = 1e-6
-    for variable, gradient in zip(model.trainable_variables, gradients):
-        initial = variable.numpy()
-        values = []
-        for sign in (1., -1.):
-            variable.assign(initial + sign * step)
-            values.append(float(tf.reduce_sum(model.log_marginal(x))))
-        variable.assign(initial)
-        # Central differences in float64: truncation ~ step^2 |f'''| ~ 1e-10, round-off ~ 1e-16 |f| / step ~ 1e-7.
-        np.testing.assert_allclose(gradient, (values[0] - values[1]) / (2. * step), rtol=1e-6, atol=1e-5,
-                                   err_msg=variable.name)
+    assert_gradients_match_central_differences(lambda: tf.reduce_sum(model.log_marginal(x)),
+                                               model.trainable_variables, rtol=1e-6, atol=1e-5)
 
 
 def test_gradient_is_finite_at_zero_ar_coefficient():
@@ -113,17 +101,8 @@ def test_gradient_is_finite_at_zero_ar_coefficient():
 @pytest.mark.parametrize("mode", ["function", "xla"])
 def test_log_marginal_and_gradient_compile(mode):
     model = _model()
-    x = model.joint_distribution().sample(16, seed=[15, 16])[1]
-
-    def value_and_gradient():
-        with tf.GradientTape() as tape:
-            value = model.log_marginal(x)
-        return value, tape.gradient(value, model.trainable_variables)
-
-    eager, compiled = value_and_gradient(), COMPILE[mode](value_and_gradient)()
-    np.testing.assert_allclose(compiled[0], eager[0], rtol=1e-5)  # float32 reassociation only
-    for got, want in zip(compiled[1], eager[1]):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert_log_marginal_compiles(model, model.joint_distribution().sample(16, seed=[15, 16])[1], mode,
+                                 gradient_atol=1e-4)
 
 
 def test_moments_of_simulated_data():
