@@ -42,3 +42,31 @@ def assert_log_marginal_compiles(model, x, mode, gradient_atol=1e-5):
     np.testing.assert_allclose(compiled[0], eager[0], rtol=1e-5)
     for got, want in zip(compiled[1], eager[1]):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=gradient_atol)
+
+
+def cosine_of_mean_gradients(model, x, num_sleep=2000, seed=(0, 1), form="conditional"):
+    """Cosine between the exact mean gradient of `log p(x)` and the amortised estimate of it (default regression)."""
+    from tfp_amortised import surrogate_log_marginal  # pylint: disable=import-outside-toplevel
+
+    def mean_gradient(fn):
+        with tf.GradientTape() as tape:
+            value = tf.reduce_mean(fn())
+        return tf.concat([tf.reshape(g, [-1]) for g in tape.gradient(value, model.trainable_variables)], 0)
+
+    exact = mean_gradient(lambda: model.log_marginal(x))
+    estimate = mean_gradient(lambda: surrogate_log_marginal(model.joint_distribution, x, num_sleep=num_sleep,
+                                                            seed=seed, form=form))
+    return float(tf.reduce_sum(exact * estimate) / tf.norm(exact) / tf.norm(estimate))
+
+
+def reload_in_a_learner(model, path):
+    """Saves an `AmortisedLearner` wrapping `model` (with a built Adam) to `path` and returns the loaded model."""
+    import keras  # pylint: disable=import-outside-toplevel
+    from tfp_amortised import AmortisedLearner  # pylint: disable=import-outside-toplevel
+    learner = AmortisedLearner(model, num_sleep=50, form="conditional", seed=1)
+    learner.compile(optimizer=keras.optimizers.Adam(0.01))
+    learner.optimizer.build(learner.trainable_variables)
+    learner.save(path)
+    loaded = keras.models.load_model(path).generative_model
+    assert isinstance(loaded, type(model))
+    return loaded
