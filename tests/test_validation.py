@@ -247,3 +247,69 @@ def test_the_regression_computes_in_float32_under_a_mixed_precision_policy():
     assert regression.compute_dtype == "float32" and weights.dtype == tf.float32
     np.testing.assert_allclose(weights, KernelRidge()(x, x[:4]), rtol=1e-6)
     assert np.isfinite(history.history["loss"]).all()
+
+
+@pytest.mark.parametrize("seed", [[1], [1, 2, 3], [[1, 2]], [0.5, 1.]])
+def test_a_seed_of_the_wrong_shape_or_type_is_named(seed):
+    with pytest.raises(ValueError, match="seed must be a stateless seed.*Received: seed of shape"):
+        surrogate_log_marginal(FactorAnalysisModel(1, 2, seed=1).joint_distribution, np.zeros([3, 2], np.float32),
+                               num_sleep=8, seed=seed)
+
+
+@pytest.mark.parametrize("num_sleep", [0, 1, -3])
+def test_a_tensor_num_sleep_below_two_is_named(num_sleep):
+    with pytest.raises(ValueError, match=f"num_sleep must be an integer >= 2. Received: num_sleep={num_sleep}"):
+        surrogate_log_marginal(FactorAnalysisModel(1, 2, seed=1).joint_distribution, np.zeros([3, 2], np.float32),
+                               num_sleep=tf.constant(num_sleep), seed=[1, 2])
+
+
+def test_median_bandwidth_of_one_row_is_named():
+    from tfp_amortised import median_bandwidth  # pylint: disable=import-outside-toplevel
+    with pytest.raises(ValueError, match=r"at least 2 rows. Received: x.shape=\(1, 3\)"):
+        median_bandwidth(tf.zeros([1, 3]))
+
+
+@pytest.mark.parametrize("values, error, message", [
+    (np.zeros([7, 2], np.float32), ValueError, r"one row per sleep sample: shape \[8, ...\].*values.shape=\(7, 2\)"),
+    (np.float32(1.), ValueError, "Received: values.shape=()"),
+    (np.full([8], "a"), TypeError, "Received: values.dtype=string"),
+])
+def test_targets_of_the_wrong_length_or_dtype_are_named(values, error, message):
+    x = np.random.default_rng(0).normal(size=[8, 2]).astype(np.float32)
+    with pytest.raises(error, match=message):
+        ridge_expectation(x, x[:3], values)
+    learner = AmortisedLearner(FactorAnalysisModel(1, 2, seed=1), num_sleep=8, num_holdout=0)
+    with pytest.raises(error, match="Received: values"):
+        learner.posterior_expectation(x[:3], lambda sample: values)
+
+
+def test_an_exact_solve_too_large_for_memory_fails_at_once_naming_the_option_that_fits():
+    model = FactorAnalysisModel(1, 2, seed=1)
+    with pytest.raises(ValueError, match=r"num_sleep=1000000 needs about 11176 GiB.*solver='random_features'"):
+        surrogate_log_marginal(model.joint_distribution, np.zeros([3, 2], np.float32), num_sleep=10**6, seed=[1, 2])
+
+
+class _OverflowingModel(GenerativeModel):
+    """z ~ N(0, 1e20), x | z ~ N(z^2, 1): the squares of the samples overflow float32."""
+
+    def joint_distribution(self):
+        import tensorflow_probability as tfp  # pylint: disable=import-outside-toplevel
+        tfd = tfp.distributions
+
+        def model():
+            z = yield tfd.JointDistributionCoroutine.Root(tfd.Normal(0., 1e20, name="z"))
+            yield tfd.Normal(z**2, 1., name="x")
+
+        return tfd.JointDistributionCoroutine(model)
+
+
+def test_non_finite_sleep_samples_name_their_node():
+    with pytest.raises(ValueError, match="samples of node 'x' are not finite"):
+        surrogate_log_marginal(_OverflowingModel().joint_distribution, np.zeros([3], np.float32), num_sleep=16,
+                               seed=[1, 2])
+
+
+def test_ridge_r2_is_not_logged_without_held_out_samples(learner):
+    history = learner.fit(np.random.default_rng(0).normal(size=[16, 2]).astype(np.float32), batch_size=8, epochs=1,
+                          verbose=0)
+    assert "ridge_r2" not in history.history and "bandwidth" in history.history

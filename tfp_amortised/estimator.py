@@ -64,8 +64,35 @@ def sleep(joint, num_sleep, seed):
     """
     joint = _joint.resolve_joint(joint)
     num_sleep = check_num_sleep(num_sleep, minimum=1)
-    seed = tfp.random.sanitize_seed(tf.cast(seed, tf.int32) if tf.is_tensor(seed) else seed)  # Keras seeds are int64
-    return _joint.stop_gradient(_joint.as_named(joint, joint.sample(num_sleep, seed=seed)))
+    sample = _joint.as_named(joint, joint.sample(num_sleep, seed=check_seed(seed)))
+    check_finite_sample(sample)
+    return _joint.stop_gradient(sample)
+
+
+def check_seed(seed):
+    """`seed` as an `int32[2]` Tensor (Keras seeds are int64); a ValueError naming it unless it is two integers."""
+    seed = tf.convert_to_tensor(seed)
+    if not (seed.dtype.is_integer and seed.shape.is_compatible_with([2])):
+        raise ValueError("seed must be a stateless seed: two integers (or an integer Tensor of shape [2]). "
+                         f"Received: seed of shape {seed.shape} and dtype {seed.dtype.name}")
+    return tf.cast(seed, tf.int32)
+
+
+def check_finite_sample(sample):
+    """Eagerly, a ValueError naming the first node of `sample` (`{node: Tensor}`) with NaN or infinite values.
+
+    A model whose samples overflow (a LogNormal with a large scale, a Normal with scale 1e20 whose squared
+    distances overflow float32) cannot be regressed on; inside a compiled training step the step is skipped and
+    counted instead (`Learner`).
+    """
+    if not tf.executing_eagerly():
+        return
+    for name, value in sample.items():
+        if value.dtype.is_floating and not tf.reduce_all(tf.math.is_finite(value)):
+            count = int(tf.reduce_sum(tf.cast(~tf.math.is_finite(value), tf.int32)))
+            raise ValueError(f"The model's samples of node {name!r} are not finite ({count} NaN or infinite values of "
+                             f"{value.shape.num_elements()}): its parameters or its distributions overflow "
+                             f"{value.dtype.name}.")
 
 
 def weighted_log_joint(joint, sleep_sample, weights, wake_x, *, observed="x", form="joint", sleep_log_joint=None):
@@ -152,7 +179,7 @@ def amortised_step(joint, wake_x, *, num_sleep, seed, observed="x", regression=N
     check_regression(regression)
     num_sleep = check_num_sleep(num_sleep)
     num_local = distributed.local_num_sleep(num_sleep)
-    step_seed = distributed.replica_seed(seed)
+    step_seed = distributed.replica_seed(check_seed(seed))
     with tf.name_scope("sleep"):
         sample = sleep(joint, num_local + check_num_holdout(num_holdout), step_seed)
     fit = {name: value[:num_local] for name, value in sample.items()}
@@ -345,6 +372,13 @@ def ridge_expectation(sleep_x, query_x, values, regression=None):
     Returns:
       `Tensor[M, ...]`.
     """
+    values = tf.convert_to_tensor(values)
+    if not (values.dtype.is_floating or values.dtype.is_integer or values.dtype.is_bool):
+        raise TypeError(f"values must hold numbers, one row per sleep sample. Received: values.dtype={values.dtype.name}")
+    sleep_x = tf.convert_to_tensor(sleep_x)
+    if values.shape.rank == 0 or not values.shape[:1].is_compatible_with(sleep_x.shape[:1]):
+        raise ValueError(f"values must have one row per sleep sample: shape [{sleep_x.shape[0]}, ...]. "
+                         f"Received: values.shape={values.shape}")
     weights, _ = regression_weights(regression, sleep_x, query_x)  # [M, N]
     return tf.tensordot(weights, tf.cast(values, weights.dtype), axes=1)
 
@@ -373,6 +407,8 @@ def check_wake_x(wake_x, sleep_x, observed):
 def check_num_sleep(num_sleep, minimum=2, argument="num_sleep"):
     """`num_sleep` as a Python int (or the scalar integer Tensor itself); a ValueError naming it when invalid."""
     if tf.is_tensor(num_sleep) and num_sleep.dtype.is_integer and num_sleep.shape.rank == 0:
+        if tf.executing_eagerly() and int(num_sleep) < minimum:
+            raise ValueError(f"{argument} must be an integer >= {minimum}. Received: {argument}={int(num_sleep)}")
         return num_sleep
     if isinstance(num_sleep, (int, np.integer)) and not isinstance(num_sleep, bool) and num_sleep >= minimum:
         return int(num_sleep)

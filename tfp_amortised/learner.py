@@ -74,6 +74,8 @@ class AmortisedLearner(Learner):
                 "AmortisedLearner takes its regression layer as `regression=`; `ridge` is the regulariser lambda, a "
                 "number given to KernelRidge: AmortisedLearner(model, regression=KernelRidge(ridge=1e-3)). "
                 f"Received: ridge={kwargs['ridge']!r}")
+        if not check_num_holdout(num_holdout):  # no held-out samples, no ridge_r2 (not a constant 0)
+            self.metric_names = tuple(name for name in self.metric_names if name != "ridge_r2")
         super().__init__(generative_model, seed=seed, **kwargs)
         check_form(form)
         check_regression(regression)

@@ -22,6 +22,7 @@ Every setting has one name and one default, shared by the function and the layer
 """
 
 import math
+import os
 import typing
 
 import keras
@@ -92,6 +93,25 @@ def _check_positive_number(value, argument, meaning):
         raise ValueError(f"{argument} must be positive and finite ({meaning}). Received: {argument}={value!r}")
 
 
+def check_memory(num_sleep, dtype, solver):
+    """A ValueError, before anything is allocated, when the exact solve cannot fit in this machine's memory.
+
+    The exact solver holds about three `N x N` matrices (the Gram matrix, its Cholesky factor, a gradient or solve
+    workspace); beyond the physical memory it would fail after minutes with an out-of-memory error. Unknown sizes
+    (`num_sleep` None) and the linear-cost solvers are not checked.
+    """
+    if solver != "cholesky" or num_sleep is None:
+        return
+    needed = 3 * num_sleep**2 * tf.as_dtype(dtype).size
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > available:
+        raise ValueError(
+            f"The exact ridge solve for num_sleep={num_sleep} needs about {needed / 2**30:.0f} GiB (three "
+            f"{num_sleep} x {num_sleep} {tf.as_dtype(dtype).name} matrices), more than this machine's "
+            f"{available / 2**30:.0f} GiB: use KernelRidge(solver='random_features') or solver='nystrom', whose cost is "
+            f"linear in num_sleep, or fewer sleep samples. Received: num_sleep={num_sleep}")
+
+
 def flatten_events(x, event_ndims=None):
     """Reshapes `x: [*batch, *event_shape]` (event of rank `event_ndims`) to features `[*batch, prod(event_shape)]`.
 
@@ -124,6 +144,8 @@ def median_bandwidth(x, bandwidth_subsample=DEFAULTS["bandwidth_subsample"]):
       Scalar `Tensor`: the median Euclidean distance (or its fallback), always positive.
     """
     if x.shape[0] is not None:
+        if x.shape[0] < 2:
+            raise ValueError(f"The median heuristic needs at least 2 rows. Received: x.shape={x.shape}")
         half = min(bandwidth_subsample, x.shape[0]) // 2
     else:  # the number of rows is known only when the graph runs
         half = tf.minimum(bandwidth_subsample, tf.shape(x)[0]) // 2
@@ -163,6 +185,7 @@ def kernel_ridge_weights(sleep_x, query_x, kernel=DEFAULTS["kernel"], bandwidth=
       `(weights, diagnostics)`: `Tensor[M, N]` and `RegressionDiagnostics`.
     """
     check_settings(kernel, bandwidth, ridge, bandwidth_subsample, solver, intercept)
+    check_memory(sleep_x.shape[0], sleep_x.dtype, solver)
     center = tf.reduce_mean(sleep_x, axis=0)
     sleep_x, query_x = sleep_x - center, query_x - center
     if isinstance(bandwidth, str):
