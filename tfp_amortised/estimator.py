@@ -400,7 +400,7 @@ def check_wake_x(wake_x, sleep_x, observed):
             f"Received: wake_x.dtype={wake_x.dtype.name}")
     if wake_x.shape.rank != event_shape.rank + 1 or not wake_x.shape[1:].is_compatible_with(event_shape):
         raise ValueError(
-            f"wake_x must have shape [M, {', '.join(map(str, event_shape))}]: a batch of the observed node "
+            f"wake_x must have shape [{', '.join(['M', *map(str, event_shape)])}]: a batch of the observed node "
             f"{observed!r}, whose event shape is {event_shape}. Received: wake_x.shape={wake_x.shape}")
     if tf.executing_eagerly() and wake_x.dtype.is_floating and not tf.reduce_all(tf.math.is_finite(wake_x)):
         raise ValueError("wake_x contains NaN or infinite values.")
