@@ -24,11 +24,13 @@ class AmortisedLearner(Learner):
     3. update: inside a `tf.GradientTape`, the surrogate `s_m` (`form` "joint" or "conditional"), and one
        optimiser step on `-mean_m s_m`, whose gradient estimates `-mean_m grad log p_theta(x_m)`.
 
-    Metrics each step: `log_likelihood`, the mean `log p_theta(x_m)` over the batch (exact where the model has a
-    `log_marginal(x)`, else the prior importance-sampling estimate `log (1/N') sum_n p(x_m | z_n)` over the step's
-    `N' = num_sleep + num_holdout` sleep latents, `estimator.prior_log_likelihood`, a lower bound on average): the
-    measure of fit to monitor (`EarlyStopping(monitor="val_log_likelihood", mode="max")`); `loss` (`-mean s`,
-    whose value is not a likelihood: only its gradient means something), `bandwidth` (the kernel's length scale; the mean one with ARD),
+    Metrics each step: `log_likelihood`, the mean `log p_theta(x_m)` over the batch: exact where the model has a
+    `log_marginal(x)` that evaluates on model samples at construction (a model whose configuration has no closed
+    form raises NotImplementedError or ValueError there), else the prior importance-sampling estimate
+    `log (1/N') sum_n p(x_m | z_n)` over the step's `N' = num_sleep + num_holdout` sleep latents
+    (`estimator.prior_log_likelihood`, a lower bound on average) -- the measure of fit to monitor,
+    `EarlyStopping(monitor="val_log_likelihood", mode="max")`; `loss` (`-mean s`, whose value is not a likelihood:
+    only its gradient means something), `bandwidth` (the kernel's length scale; the mean one with ARD),
     `ridge_r2` (the fraction of the variance of the regressed gradient, projected on random directions, that the
     ridge regression predicts at `num_holdout` held-out sleep points: an out-of-sample check of the regression
     the step relies on, comparable across steps) and `jitter` (the diagonal shift the Cholesky needed; nonzero
@@ -87,6 +89,7 @@ class AmortisedLearner(Learner):
         self.form = form
         self.regression = KernelRidge() if regression is None else regression
         self._categorical_classes = categorical_classes(self.joint_distribution())
+        self._exact_log_marginal = _exact_log_marginal(generative_model, self._reference_x)
         if self.regression.learn and not self.num_holdout:
             raise ValueError("A learning regression (KernelRidge(learn=True)) is trained on held-out sleep samples: "
                              f"num_holdout must be positive. Received: num_holdout={num_holdout!r}")
@@ -117,14 +120,14 @@ class AmortisedLearner(Learner):
         """`amortised_step` on the wake batch: its loss (plus the held-out regression loss when the regression
         learns), and the global loss and diagnostics to log, with `log_likelihood`: the mean over the global batch
         of the model's exact `log_marginal` if it has one, else the step's prior importance-sampling estimate."""
-        exact = getattr(self.generative_model, "log_marginal", None)
+        exact = self._exact_log_marginal
         step = amortised_step(self.joint_distribution, wake_x, num_sleep=self.num_sleep, seed=seed,
                               observed=self.observed, regression=self.regression, form=self.form,
                               num_holdout=self.num_holdout, variables=self.generative_model.trainable_variables,
-                              log_likelihood=not callable(exact))
+                              log_likelihood=exact is None)
         loss = step.loss + step.regression_loss if self.regression.learn else step.loss
         logs = {"loss": distributed.total(tf.stop_gradient(step.loss)), **step.diagnostics}
-        if callable(exact):
+        if exact is not None:
             log_marginal = tf.stop_gradient(exact(wake_x))
             logs["log_likelihood"] = distributed.total(tf.reduce_sum(log_marginal)) / distributed.total(
                 tf.cast(tf.shape(log_marginal)[0], log_marginal.dtype))
@@ -238,3 +241,17 @@ class AmortisedLearner(Learner):
             config["regression"] = config.pop("ridge")
         config["regression"] = keras.saving.deserialize_keras_object(config["regression"])
         return super().from_config(config)
+
+
+def _exact_log_marginal(generative_model, reference_x):
+    """The model's `log_marginal` method if it has one that evaluates on `reference_x: [B, *event_shape]`, else
+    None: a model raises NotImplementedError or ValueError when its configuration has no closed form (for instance
+    `ImageDecoderModel` with a deep decoder)."""
+    log_marginal = getattr(generative_model, "log_marginal", None)
+    if not callable(log_marginal):
+        return None
+    try:
+        log_marginal(reference_x)
+    except (NotImplementedError, ValueError):
+        return None
+    return log_marginal
