@@ -82,6 +82,31 @@ def _surrogate_gradient(strategy, learner, wake_x, step_seed):
     return _flat([strategy.experimental_local_results(g)[0] for g in step(shards)])
 
 
+def _log_likelihood(strategy, learner, wake_x, step_seed):
+    """The step's `log_likelihood` diagnostic on each replica (wake rows shared out), and the single-device
+    `prior_log_likelihood` of all wake rows over the global sleep set: every replica's N / R + H samples."""
+    from tfp_amortised import amortised_step, prior_log_likelihood  # pylint: disable=import-outside-toplevel
+    from tfp_amortised.estimator import sleep  # pylint: disable=import-outside-toplevel
+    num_replicas = strategy.num_replicas_in_sync
+    share = NUM_WAKE // num_replicas
+    shards = strategy.experimental_distribute_values_from_function(
+        lambda context: wake_x[context.replica_id_in_sync_group * share:(context.replica_id_in_sync_group + 1) * share])
+
+    @tf.function
+    def step(shard):
+        return strategy.run(lambda local_wake_x: amortised_step(
+            learner.joint_distribution, local_wake_x, num_sleep=NUM_SLEEP, seed=step_seed, form=learner.form,
+            num_holdout=NUM_HOLDOUT, log_likelihood=True).diagnostics["log_likelihood"], args=(shard,))
+
+    shares = [sleep(learner.joint_distribution(), NUM_SLEEP // num_replicas + NUM_HOLDOUT,
+                    tf.random.experimental.stateless_fold_in(tf.cast(step_seed, tf.int32), r))
+              for r in range(num_replicas)]
+    sleep_set = {name: tf.concat([s[name] for s in shares], 0) for name in shares[0]}
+    oracle = tf.reduce_mean(prior_log_likelihood(learner.joint_distribution(), sleep_set, wake_x))
+    return {"replicas": [float(v) for v in strategy.experimental_local_results(step(shards))],
+            "oracle": float(oracle)}
+
+
 def _learner_step(strategy, learner, wake_x):
     """Minus the change of the weights made by one `fit` step with SGD at learning rate 1: the applied gradient."""
     import keras  # pylint: disable=import-outside-toplevel
@@ -131,6 +156,7 @@ def main(kind, out_path):
         wake_x = data[:NUM_WAKE]
         report[form] = {"oracle": _oracle_gradient(learner, wake_x, step_seed, form, strategy.num_replicas_in_sync),
                         "surrogate": _surrogate_gradient(strategy, learner, wake_x, step_seed),
+                        "log_likelihood": _log_likelihood(strategy, learner, wake_x, step_seed),
                         "learner": _learner_step(strategy, learner, wake_x)}
 
     with strategy.scope():

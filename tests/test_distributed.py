@@ -79,6 +79,15 @@ def test_learner_step_applies_the_surrogate_gradient(runs, form):
     np.testing.assert_allclose(report["learner"], report["surrogate"], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("form", ["joint", "conditional"])
+def test_replicas_log_the_single_device_log_likelihood_estimate(runs, form):
+    # Each replica holds half the wake rows and its own N / 2 + H sleep samples; the logged estimate is the
+    # importance-sampling estimate of all the rows over the global sleep set, the same on both replicas.
+    report = runs["mirrored"][form]["log_likelihood"]
+    assert len(report["replicas"]) == 2
+    np.testing.assert_allclose(report["replicas"], [report["oracle"]] * 2, rtol=1e-5)
+
+
 def test_mirrored_fit_is_finite_and_never_terminated(runs):
     """`fit` under MirroredStrategy runs its 2 epochs (TerminateOnNaN never fires) with finite metrics."""
     history = runs["mirrored"]["fit"]["history"]

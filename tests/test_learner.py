@@ -40,7 +40,8 @@ def test_fit_recovers_mixture_parameters():
     assert _best_permutation_error(model.means.numpy(), TRUE_MEANS) < 0.2
     assert abs(float(model.scale) - 0.5) < 0.1
     np.testing.assert_allclose(tf.nn.softmax(model.logits), np.full(3, 1. / 3.), atol=0.06)
-    assert set(history.history) == {"loss", "bandwidth", "ridge_r2", "jitter", "skipped_steps", "invalid_batches"}
+    assert set(history.history) == {"loss", "log_likelihood", "bandwidth", "ridge_r2", "jitter", "skipped_steps",
+                                    "invalid_batches"}
     assert history.history["skipped_steps"] == [0.] * 8
     assert history.history["loss"][-1] < history.history["loss"][0]
 

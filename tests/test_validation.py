@@ -96,11 +96,6 @@ def test_fit_rejects_bad_data_before_training(learner, data, error, message):
         learner.fit(data, epochs=1, verbose=0)
 
 
-def test_fit_rejects_a_wake_batch_larger_than_the_sleep_set(learner):
-    with pytest.raises(ValueError, match="num_sleep=32 is smaller than the wake batch of 64.*batch_size=64"):
-        learner.fit(np.zeros([100, 2], np.float32), batch_size=64, epochs=1, verbose=0)
-
-
 def test_posterior_expectation_rejects_nan_observations(learner):
     with pytest.raises(ValueError, match="NaN or infinite"):
         learner.posterior_expectation(np.array([[np.nan, 0.]], np.float32), lambda sample: sample["z"])

@@ -6,8 +6,9 @@ of the log marginal likelihood.
 """
 
 from tfp_amortised.base_learner import Learner
-from tfp_amortised.estimator import (AmortisedStep, amortised_step, ridge_expectation, sleep, surrogate_log_marginal,
-                                     weighted_log_joint)
+from tfp_amortised.callbacks import TensorBoard
+from tfp_amortised.estimator import (AmortisedStep, amortised_step, prior_log_likelihood, ridge_expectation, sleep,
+                                     surrogate_log_marginal, weighted_log_joint)
 from tfp_amortised.generative import ConstrainedWeight, GenerativeModel
 from tfp_amortised.learner import AmortisedLearner
 from tfp_amortised.ridge import KernelRidge, RegressionDiagnostics, median_bandwidth, regression_weights
@@ -22,9 +23,11 @@ __all__ = [
     "GenerativeModel",
     "KernelRidge",
     "Learner",
+    "TensorBoard",
     "RegressionDiagnostics",
     "amortised_step",
     "median_bandwidth",
+    "prior_log_likelihood",
     "regression_weights",
     "ridge_expectation",
     "ridge_weights",

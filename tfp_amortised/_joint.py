@@ -51,6 +51,12 @@ def log_prob(joint, named_value):
     return joint.log_prob(**named_value)
 
 
+def log_prob_parts(joint, named_value):
+    """`joint.log_prob_parts` of a `{node name: Tensor}` dict, as a dict `{node name: Tensor}`: each node's own term
+    (its log-density given its parents), with the batch shape of the values that node's term depends on."""
+    return as_named(joint, joint.log_prob_parts(**named_value))
+
+
 def stop_gradient(named_value):
     """Detaches every node of a `{node name: Tensor}` dict."""
     return {name: tf.stop_gradient(v) for name, v in named_value.items()}

@@ -214,7 +214,8 @@ class Learner(keras.Model):
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
                                        or batch_size < 1):
             raise ValueError(f"batch_size must be a positive integer or None. Received: batch_size={batch_size!r}")
-        self.check_data(x, "x", batch_size)
+        _refuse_sample_weight(self, arguments.get("sample_weight"))  # Keras drops it silently when y is None
+        self.check_data(x, "x")
         validation_data = arguments.get("validation_data")
         self.check_data(validation_data[0] if isinstance(validation_data, tuple) else validation_data,
                         "validation_data")
@@ -222,12 +223,9 @@ class Learner(keras.Model):
         del arguments["self"]
         return super().fit(**arguments)
 
-    def check_data(self, data, argument, batch_size=None):
+    def check_data(self, data, argument):
         """Checks array data before `fit` (`check_observations`, and at least one row); datasets and generators
-        are checked batch by batch in the steps, which skip and count an invalid batch.
-
-        A subclass may extend it (the batch size is passed for checks that depend on it).
-        """
+        are checked batch by batch in the steps, which skip and count an invalid batch."""
         if not isinstance(data, (np.ndarray, tf.Tensor)):
             return
         if data.shape.rank if isinstance(data, tf.Tensor) else data.ndim:

@@ -39,7 +39,8 @@ class AmortisedStep(typing.NamedTuple):
       loss: scalar `Tensor`, `-mean_m s_m` (this replica's share under a strategy: the shares add up to it).
       diagnostics: dict of scalar `Tensor`s, detached: `bandwidth` and `jitter` of the regression
         (`RegressionDiagnostics`) and, with held-out sleep samples, `ridge_r2`, the out-of-sample R^2 of the ridge
-        regression at the held-out points (`1 - regression_loss`).
+        regression at the held-out points (`1 - regression_loss`), and with `log_likelihood=True` the mean over the
+        wake points of `prior_log_likelihood`.
       regression_loss: scalar `Tensor`, the held-out error of the regression (`regression_loss`), differentiable
         with respect to the regression's hyperparameters only (0 without held-out samples). Under a strategy, this
         replica's share.
@@ -126,7 +127,7 @@ def weighted_log_joint(joint, sleep_sample, weights, wake_x, *, observed="x", fo
 
 
 def amortised_step(joint, wake_x, *, num_sleep, seed, observed="x", regression=None, form="joint", num_holdout=0,
-                   variables=None):
+                   variables=None, log_likelihood=False):
     """One step of amortised learning: sleep, ridge weights, weighted log-joint and diagnostics (Wenliang et al.).
 
     Draws `num_sleep + num_holdout` detached sleep samples with `seed`, computes kernel ridge weights from the
@@ -168,6 +169,8 @@ def amortised_step(joint, wake_x, *, num_sleep, seed, observed="x", regression=N
       form: `"joint"` or `"conditional"`.
       num_holdout: number `H >= 0` of extra sleep samples held out of the regression for its diagnostics.
       variables: None, or the model's trainable variables, whose gradient the held-out targets project.
+      log_likelihood: also estimate `log p(x_m)` from the step's sleep samples, at `M (N + H)` more log-density
+        terms (`prior_log_likelihood`), as the diagnostic `log_likelihood` (mean over the wake points).
 
     Returns:
       `AmortisedStep(surrogate [M], loss [], diagnostics {name: []}, regression_loss [])`.
@@ -196,6 +199,9 @@ def amortised_step(joint, wake_x, *, num_sleep, seed, observed="x", regression=N
     loss = -tf.reduce_sum(surrogate) / tf.cast(tf.shape(surrogate)[0], surrogate.dtype)
     diagnostics = {"bandwidth": tf.reduce_mean(regression_diagnostics.bandwidth),
                    "jitter": regression_diagnostics.jitter}
+    if log_likelihood:
+        diagnostics["log_likelihood"] = tf.reduce_mean(
+            prior_log_likelihood(joint, sample, distributed.gather(wake_x), observed=observed))
     held_out_loss = tf.zeros([], weights.dtype)
     if num_holdout:
         held_out = {name: value[num_local:] for name, value in sample.items()}
@@ -207,6 +213,43 @@ def amortised_step(joint, wake_x, *, num_sleep, seed, observed="x", regression=N
         held_out_loss /= num_replicas
     return AmortisedStep(surrogate, loss, {name: tf.stop_gradient(value) for name, value in diagnostics.items()},
                          held_out_loss)
+
+
+def prior_log_likelihood(joint, sleep_sample, wake_x, *, observed="x"):
+    """Prior importance-sampling estimate of `log p(x_m)` from sleep samples: `log (1/N) sum_n p(x_m | z_n)`.
+
+    The sleep latents `z_n` are draws from the prior, so `(1/N) sum_n p(x_m | z_n)` is an unbiased estimate of
+    `p(x_m)`, and its log is on average a lower bound on `log p(x_m)` (Jensen), whose gap shrinks as `N` grows and
+    is large when the posterior is much narrower than the prior (few draws land where it is). `log p(x_m | z_n)` is
+    the observed node's own term of the log-density (`log_prob_parts`) at `x_m`, with the nodes before it at sleep
+    sample `n`: `log p(z_n, x_m) - log p(z_n)` when the observed node is the last one, and correct whatever the
+    order of the nodes (a latent drawn after the observed node does not enter that term).
+
+    Under a `tf.distribute` strategy, `wake_x` holds every replica's rows and `sleep_sample` this replica's
+    samples: the per-replica sums are combined into the estimate on the global sleep set, the same on every replica.
+
+    Cost: the log-density at `M x N` pairs (latents `[1, N, ...]` against observations `[M, 1, ...]`), the
+    conditional form's count of terms.
+
+    Args:
+      joint: a `tfd.JointDistribution` (or a zero-argument callable returning one).
+      sleep_sample: dict `{node name: Tensor[N, *event_shape]}` of samples of `joint` (see `sleep`).
+      wake_x: `Tensor[M, *event_shape]`, observations of the node `observed`.
+      observed: name of the observed node.
+
+    Returns:
+      `Tensor[M]`, detached.
+    """
+    joint = _joint.resolve_joint(joint)
+    paired = {name: tf.stop_gradient(value)[tf.newaxis] for name, value in sleep_sample.items()}
+    paired[observed] = tf.cast(wake_x, sleep_sample[observed].dtype)[:, tf.newaxis]
+    num_local = tf.shape(sleep_sample[observed])[0]
+    log_likelihood = tf.broadcast_to(_joint.log_prob_parts(joint, paired)[observed],
+                                     tf.stack([tf.shape(wake_x)[0], num_local]))  # [M, N_r]
+    local = tf.reduce_logsumexp(log_likelihood, axis=-1)  # [M]
+    num_samples = distributed.total(tf.cast(num_local, local.dtype))
+    return tf.stop_gradient(tf.reduce_logsumexp(distributed.gather(local[tf.newaxis]), axis=0)
+                            - tf.math.log(num_samples))
 
 
 def held_out_targets(joint, fit, held_out, observed, form, variables, seed):
@@ -386,18 +429,22 @@ def ridge_expectation(sleep_x, query_x, values, regression=None):
 def check_wake_x(wake_x, sleep_x, observed):
     """Checks wake observations against the observed node's sleep samples; returns them as a Tensor.
 
+    Observations `[M, 1]` of a scalar observed node (a column) are returned as `[M]`.
+
     Raises a ValueError (TypeError for the dtype) naming the expected shape `[M, *event_shape]` or dtype, and
     a ValueError for NaN or infinite values when running eagerly.
     """
     wake_x = tf.convert_to_tensor(wake_x)
     event_shape = sleep_x.shape[1:]
+    if event_shape.rank == 0 and wake_x.shape.rank == 2 and wake_x.shape[1] == 1:
+        wake_x = wake_x[:, 0]
     if not (wake_x.dtype.is_floating or wake_x.dtype.is_integer or wake_x.dtype.is_bool):
         raise TypeError(
             f"wake_x must hold numbers for the observed node {observed!r} (dtype {sleep_x.dtype.name}). "
             f"Received: wake_x.dtype={wake_x.dtype.name}")
     if wake_x.shape.rank != event_shape.rank + 1 or not wake_x.shape[1:].is_compatible_with(event_shape):
         raise ValueError(
-            f"wake_x must have shape [M, {', '.join(map(str, event_shape))}]: a batch of the observed node "
+            f"wake_x must have shape [{', '.join(['M', *map(str, event_shape)])}]: a batch of the observed node "
             f"{observed!r}, whose event shape is {event_shape}. Received: wake_x.shape={wake_x.shape}")
     if tf.executing_eagerly() and wake_x.dtype.is_floating and not tf.reduce_all(tf.math.is_finite(wake_x)):
         raise ValueError("wake_x contains NaN or infinite values.")

@@ -76,10 +76,10 @@ def export_learner(learner, filepath, num_sleep=None, seed=(0, 0), verbose=False
     def log_joint(*values):
         return _joint.log_prob(learner.joint_distribution(), dict(zip(names, values)))
 
-    classes = _categorical_classes(joint)
+    classes = categorical_classes(joint)
 
     def posterior_mean(x):
-        return _posterior_mean(frozen_regression, {name: v.value for name, v in stored.items()}, learner.observed, x,
+        return posterior_means(frozen_regression, {name: v.value for name, v in stored.items()}, learner.observed, x,
                                classes)
 
     archive = keras.export.ExportArchive()
@@ -105,7 +105,7 @@ def _frozen_bandwidth(regression, sleep_x):
     return median_bandwidth(sleep_inputs, regression.bandwidth_subsample)
 
 
-def _categorical_classes(joint):
+def categorical_classes(joint):
     """`{node name: number of classes C}` of the nodes of `joint` that are `tfd.Categorical` (possibly inside
     `tfd.Independent` or `tfd.Sample`), read from the distributions' logits or probabilities."""
     distributions, _ = joint.sample_distributions(seed=(0, 0))
@@ -119,7 +119,7 @@ def _categorical_classes(joint):
     return classes
 
 
-def _posterior_mean(regression, sleep_set, observed, x, classes):
+def posterior_means(regression, sleep_set, observed, x, classes):
     """Ridge regression of each latent of `sleep_set` on its `x`, evaluated at `x`: `{latent: [M, *event_shape]}`,
     or for a latent with `classes[latent] = C` classes `{latent + "_probabilities": [M, *event_shape, C]}`."""
     weights = regression(sleep_set[observed], x)  # [M, N]

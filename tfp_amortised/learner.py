@@ -1,14 +1,13 @@
 """`AmortisedLearner`: maximum-likelihood training of a generative model with `model.fit`."""
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from tfp_amortised import distributed
 from tfp_amortised.base_learner import Learner, check_observations
-from tfp_amortised.estimator import (amortised_step, check_form, check_num_holdout, check_num_sleep,
+from tfp_amortised.estimator import (amortised_step, check_form, check_num_holdout, check_num_sleep, check_wake_x,
                                      ridge_expectation, sleep)
-from tfp_amortised.export import export_learner
+from tfp_amortised.export import categorical_classes, export_learner, posterior_means
 from tfp_amortised.ridge import KernelRidge, check_regression
 
 
@@ -25,7 +24,13 @@ class AmortisedLearner(Learner):
     3. update: inside a `tf.GradientTape`, the surrogate `s_m` (`form` "joint" or "conditional"), and one
        optimiser step on `-mean_m s_m`, whose gradient estimates `-mean_m grad log p_theta(x_m)`.
 
-    Metrics each step: `loss` (`-mean s`), `bandwidth` (the kernel's length scale; the mean one with ARD),
+    Metrics each step: `log_likelihood`, the mean `log p_theta(x_m)` over the batch: exact where the model has a
+    `log_marginal(x)` that evaluates on model samples at construction (a model whose configuration has no closed
+    form raises NotImplementedError or ValueError there), else the prior importance-sampling estimate
+    `log (1/N') sum_n p(x_m | z_n)` over the step's `N' = num_sleep + num_holdout` sleep latents
+    (`estimator.prior_log_likelihood`, a lower bound on average) -- the measure of fit to monitor,
+    `EarlyStopping(monitor="val_log_likelihood", mode="max")`; `loss` (`-mean s`, whose value is not a likelihood:
+    only its gradient means something), `bandwidth` (the kernel's length scale; the mean one with ARD),
     `ridge_r2` (the fraction of the variance of the regressed gradient, projected on random directions, that the
     ridge regression predicts at `num_holdout` held-out sleep points: an out-of-sample check of the regression
     the step relies on, comparable across steps) and `jitter` (the diagonal shift the Cholesky needed; nonzero
@@ -42,6 +47,9 @@ class AmortisedLearner(Learner):
     Saving: `save("m.keras")` / `keras.models.load_model` and the `BackupAndRestore` / `ModelCheckpoint`
     callbacks keep the weights, the regression's hyperparameters, the optimiser state and the sleep seed state,
     so a restored learner continues the same run. `export(path)` writes a SavedModel for serving.
+
+    Prediction: `predict(x)`, `predict_on_batch(x)` and `learner(x)` return `posterior_mean(x)`, the posterior
+    mean of every latent (class probabilities for a categorical one) by the same regression, with no encoder.
 
     Args:
       generative_model: a `GenerativeModel` (a Keras layer that owns the parameters and implements
@@ -65,7 +73,7 @@ class AmortisedLearner(Learner):
     ```
     """
 
-    metric_names = ("loss", "bandwidth", "ridge_r2", "jitter")
+    metric_names = ("loss", "log_likelihood", "bandwidth", "ridge_r2", "jitter")
 
     def __init__(self, generative_model, num_sleep=1000, form="joint", regression=None, num_holdout=64, seed=None,
                  **kwargs):
@@ -82,6 +90,8 @@ class AmortisedLearner(Learner):
         self.num_sleep, self.num_holdout = check_num_sleep(num_sleep), check_num_holdout(num_holdout)
         self.form = form
         self.regression = KernelRidge() if regression is None else regression
+        self._categorical_classes = categorical_classes(self.joint_distribution())
+        self._exact_log_marginal = _exact_log_marginal(generative_model, self._reference_x)
         if self.regression.learn and not self.num_holdout:
             raise ValueError("A learning regression (KernelRidge(learn=True)) is trained on held-out sleep samples: "
                              f"num_holdout must be positive. Received: num_holdout={num_holdout!r}")
@@ -110,12 +120,20 @@ class AmortisedLearner(Learner):
 
     def objective(self, wake_x, seed):
         """`amortised_step` on the wake batch: its loss (plus the held-out regression loss when the regression
-        learns), and the global loss and diagnostics to log."""
+        learns), and the global loss and diagnostics to log, with `log_likelihood`: the mean over the global batch
+        of the model's exact `log_marginal` if it has one, else the step's prior importance-sampling estimate."""
+        exact = self._exact_log_marginal
         step = amortised_step(self.joint_distribution, wake_x, num_sleep=self.num_sleep, seed=seed,
                               observed=self.observed, regression=self.regression, form=self.form,
-                              num_holdout=self.num_holdout, variables=self.generative_model.trainable_variables)
+                              num_holdout=self.num_holdout, variables=self.generative_model.trainable_variables,
+                              log_likelihood=exact is None)
         loss = step.loss + step.regression_loss if self.regression.learn else step.loss
-        return loss, {"loss": distributed.total(tf.stop_gradient(step.loss)), **step.diagnostics}
+        logs = {"loss": distributed.total(tf.stop_gradient(step.loss)), **step.diagnostics}
+        if exact is not None:
+            log_marginal = tf.stop_gradient(exact(wake_x))
+            logs["log_likelihood"] = distributed.total(tf.reduce_sum(log_marginal)) / distributed.total(
+                tf.cast(tf.shape(log_marginal)[0], log_marginal.dtype))
+        return loss, logs
 
     def apply_gradients(self, gradients):
         """The model's gradients with `optimizer`, the learning regression's with `regression_optimizer`."""
@@ -172,17 +190,40 @@ class AmortisedLearner(Learner):
         x = check_observations(x, sample[self.observed], self.observed)
         return ridge_expectation(sample[self.observed], x, fn(sample), self.regression)
 
-    def check_data(self, data, argument, batch_size=None):
-        """`Learner.check_data`, and that an array's wake batch is no larger than the sleep set."""
-        super().check_data(data, argument)
-        if argument != "x" or not isinstance(data, (np.ndarray, tf.Tensor)):
-            return
-        batch = min(32 if batch_size is None else batch_size, data.shape[0])  # Keras' default batch_size is 32
-        if batch > self.num_sleep:
-            raise ValueError(
-                f"num_sleep={self.num_sleep} is smaller than the wake batch of {batch} observations: the ridge "
-                f"regression from N sleep points to M wake points needs N >= M. Raise num_sleep or lower "
-                f"batch_size. Received: batch_size={batch_size}")
+    def posterior_mean(self, x, num_sleep=None, seed=None):
+        """Estimates the posterior mean of every latent node, `E[z | x_m]`, with no encoder.
+
+        The kernel ridge regression of each latent on its observation over a fresh sleep set, evaluated at `x`
+        (`posterior_expectation` with the identity). A categorical latent (a `tfd.Categorical` node, possibly
+        inside `tfd.Independent` or `tfd.Sample`) with `C` classes gives instead its class probabilities
+        `{name}_probabilities`, `E[one_hot(z) | x_m]`, as `export`'s `posterior_mean` endpoint does (ridge
+        estimates may fall slightly outside [0, 1], and sum to one only with `KernelRidge(intercept=True)`).
+        Works eagerly and inside a `tf.function`; `predict` and `learner(x)` call it.
+
+        Args:
+          x: `[M, *event_shape]` observations (`[M, 1]` is accepted for a scalar observed node).
+          num_sleep: size `N` of the sleep set, an integer >= 2; default (None) the learner's `num_sleep`.
+          seed: stateless seed of the sleep set; default the next seed of the evaluation stream (not the training
+            one), so each call, and each `predict` batch, draws its own sleep set.
+
+        Returns:
+          dict `{latent: Tensor[M, *event_shape]}` (float), with `{latent}_probabilities: Tensor[M, *event_shape,
+          C]` in place of a categorical latent.
+
+        Cost: one regression on `N` sleep samples, O(N^3 / 3) with the default Cholesky solver.
+        """
+        sample = self.sample(self.num_sleep if num_sleep is None else check_num_sleep(num_sleep), seed)
+        x = tf.cast(check_wake_x(x, sample[self.observed], self.observed), sample[self.observed].dtype)
+        return posterior_means(self.regression, sample, self.observed, x, self._categorical_classes)
+
+    def call(self, x):
+        """`learner(x)`: `posterior_mean(x)`, with a sleep set from the evaluation stream."""
+        return self.posterior_mean(x)
+
+    def predict_step(self, data):
+        """Keras' `predict` (and `predict_on_batch`) step: `posterior_mean` of the batch's observations, each batch
+        with a sleep set of `num_sleep` samples from the evaluation stream."""
+        return self.posterior_mean(self.wake_batch(data))
 
     def export(self, filepath, num_sleep=None, seed=(0, 0), verbose=False):
         """Writes a TensorFlow SavedModel with endpoints `sample`, `log_joint` and `posterior_mean`.
@@ -202,3 +243,17 @@ class AmortisedLearner(Learner):
             config["regression"] = config.pop("ridge")
         config["regression"] = keras.saving.deserialize_keras_object(config["regression"])
         return super().from_config(config)
+
+
+def _exact_log_marginal(generative_model, reference_x):
+    """The model's `log_marginal` method if it has one that evaluates on `reference_x: [B, *event_shape]`, else
+    None: a model raises NotImplementedError or ValueError when its configuration has no closed form (for instance
+    `ImageDecoderModel` with a deep decoder)."""
+    log_marginal = getattr(generative_model, "log_marginal", None)
+    if not callable(log_marginal):
+        return None
+    try:
+        log_marginal(reference_x)
+    except (NotImplementedError, ValueError):
+        return None
+    return log_marginal

@@ -59,6 +59,22 @@ def score_function_term(signal, baseline, log_q_score):
     return centred * (log_q_score - tf.stop_gradient(log_q_score))
 
 
+def _is_discrete(distribution):
+    """Whether `distribution` is discrete: TFP gives discrete distributions no event-space bijector (a custom
+    distribution that does not implement one counts as continuous)."""
+    try:
+        return distribution.experimental_default_event_space_bijector() is None
+    except NotImplementedError:
+        return False
+
+
+def _kind(distribution):
+    """The name of a distribution's family, looking inside `tfd.Independent` and `tfd.Sample`."""
+    while isinstance(distribution, (tfd.Independent, tfd.Sample)):
+        distribution = distribution.distribution
+    return type(distribution).__name__
+
+
 def _stateless(seed):
     return tfp.random.sanitize_seed(tf.cast(seed, tf.int32) if tf.is_tensor(seed) else seed)
 
@@ -162,3 +178,19 @@ class EncoderLearner(Learner):
         if sorted(_joint.node_names(posterior)) != latents:
             raise ValueError(f"encoder(x) must return a JointDistribution over the latent nodes {latents}. "
                              f"Received: nodes {sorted(_joint.node_names(posterior))}")
+        z = _joint.as_named(posterior, posterior.sample(seed=(0, 0)))
+        model_nodes, _ = self.joint_distribution().sample_distributions(seed=(0, 0))
+        model_nodes = _joint.as_named(self.joint_distribution(), model_nodes)
+        encoder_nodes = _joint.as_named(posterior, posterior.sample_distributions(seed=(0, 0))[0])
+        for name in latents:
+            expected, received = reference[name], z[name]
+            if received.dtype != expected.dtype or received.shape[1:] != expected.shape[1:]:
+                raise ValueError(
+                    f"encoder(x) must give the latent {name!r} the model's dtype and event shape ({expected.dtype.name}, "
+                    f"{expected.shape[1:]}). Received: {received.dtype.name}, {received.shape[1:]}")
+            if _is_discrete(model_nodes[name]) and not _is_discrete(encoder_nodes[name]):
+                raise ValueError(
+                    f"The model's latent {name!r} is discrete ({_kind(model_nodes[name])}) but the encoder gives it a "
+                    "continuous distribution, whose samples are not values of the latent: give it a discrete one (for "
+                    "a vector of binary latents, a custom Encoder with a Bernoulli node). Received: encoder "
+                    f"distribution {_kind(encoder_nodes[name])} for {name!r}")
