@@ -214,7 +214,6 @@ class Learner(keras.Model):
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
                                        or batch_size < 1):
             raise ValueError(f"batch_size must be a positive integer or None. Received: batch_size={batch_size!r}")
-        _refuse_sample_weight(self, arguments.get("sample_weight"))  # Keras drops it silently when y is None
         self.check_data(x, "x")
         validation_data = arguments.get("validation_data")
         self.check_data(validation_data[0] if isinstance(validation_data, tuple) else validation_data,
