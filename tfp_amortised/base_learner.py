@@ -218,9 +218,13 @@ class Learner(keras.Model):
         validation_data = arguments.get("validation_data")
         self.check_data(validation_data[0] if isinstance(validation_data, tuple) else validation_data,
                         "validation_data")
-        arguments["callbacks"] = [*(arguments.get("callbacks") or []), _SkippedStepsWarning()]
+        arguments["callbacks"] = [*(arguments.get("callbacks") or []), *self.fit_callbacks()]
         del arguments["self"]
         return super().fit(**arguments)
+
+    def fit_callbacks(self):
+        """Callbacks `fit` adds to the user's: the warning about skipped steps (a subclass may add its own)."""
+        return [_SkippedStepsWarning()]
 
     def check_data(self, data, argument):
         """Checks array data before `fit` (`check_observations`, and at least one row); datasets and generators

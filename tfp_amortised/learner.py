@@ -1,6 +1,9 @@
 """`AmortisedLearner`: maximum-likelihood training of a generative model with `model.fit`."""
 
+import warnings
+
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfp_amortised import distributed
@@ -225,6 +228,10 @@ class AmortisedLearner(Learner):
         with a sleep set of `num_sleep` samples from the evaluation stream."""
         return self.posterior_mean(self.wake_batch(data))
 
+    def fit_callbacks(self):
+        """`Learner.fit_callbacks` and a warning when the regression explains almost nothing (`RegressionWarning`)."""
+        return [*super().fit_callbacks(), _RegressionQualityCheck()] if self.num_holdout else super().fit_callbacks()
+
     def export(self, filepath, num_sleep=None, seed=(0, 0), verbose=False):
         """Writes a TensorFlow SavedModel with endpoints `sample`, `log_joint` and `posterior_mean`.
 
@@ -257,3 +264,37 @@ def _exact_log_marginal(generative_model, reference_x):
     except (NotImplementedError, ValueError):
         return None
     return log_marginal
+
+
+class RegressionWarning(UserWarning):
+    """The regression explained almost nothing of the gradient at held-out sleep samples: the estimate is mostly
+    bias (a bandwidth or ridge far from useful values, too few sleep samples, or observations the kernel cannot
+    compare well)."""
+
+
+# Below this held-out R^2 of the step's gradient estimate, the regression predicts hardly better than the mean.
+RIDGE_R2_WARNING = 0.05
+
+
+class _RegressionQualityCheck(keras.callbacks.Callback):
+    """Warns (`RegressionWarning`) at the end of `fit` when the last epoch's mean `ridge_r2` is below
+    `RIDGE_R2_WARNING`, naming the hyperparameters and what to try."""
+
+    def __init__(self):
+        super().__init__()
+        self.last = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.last = (logs or {}).get("ridge_r2", self.last)
+
+    def on_train_end(self, logs=None):
+        if self.last is None or float(np.mean(self.last)) >= RIDGE_R2_WARNING:
+            return
+        regression = self.model.regression
+        bandwidth = "the median heuristic" if regression.bandwidth is None else f"{regression.bandwidth.numpy()}"
+        warnings.warn(
+            f"The regression explained almost nothing of the gradient at held-out sleep samples in the last epoch "
+            f"(ridge_r2={float(np.mean(self.last)):.3g} < {RIDGE_R2_WARNING}): the gradient estimate is mostly bias. "
+            f"Bandwidth: {bandwidth}; ridge: {float(regression.ridge):.3g}; num_sleep: {self.model.num_sleep}. Try "
+            "KernelRidge(learn=True), a kernel on features of the observations (KernelRidge(features=...)) or more "
+            "sleep samples.", RegressionWarning, stacklevel=2)
