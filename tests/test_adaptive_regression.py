@@ -203,3 +203,22 @@ def test_learn_and_ard_arguments_are_checked():
         KernelRidge(learn="yes")
     with pytest.raises(ValueError, match="ard=True.*learn=True.*Received: ard=True, learn=False"):
         KernelRidge(ard=True)
+
+
+def test_train_on_batch_and_eager_calls_start_learning_from_the_median():
+    """The bandwidth is learned from the first step whatever the entry point (it stayed at the median heuristic,
+    untrained, until a `fit` initialised it)."""
+    model, x = _mixture()
+    learner = AmortisedLearner(model, num_sleep=200, regression=KernelRidge(learn=True), seed=0)
+    learner.compile(optimizer=keras.optimizers.SGD(0.), regression_optimizer=keras.optimizers.Adam(0.1))
+    learner.train_on_batch(x[:50])
+    assert float(learner.regression.initialised) == 1.
+    started = float(learner.regression.log_bandwidth)
+    for _ in range(3):
+        learner.train_on_batch(x[:50])
+    assert float(learner.regression.log_bandwidth) != started
+    layer = KernelRidge(learn=True)
+    sleep_x = model.joint_distribution().sample(100, seed=[1, 2])[1]
+    _, diagnostics = layer(sleep_x, x, return_diagnostics=True)
+    assert float(layer.initialised) == 1.
+    np.testing.assert_allclose(diagnostics.bandwidth, np.exp(float(layer.log_bandwidth)), rtol=1e-6)

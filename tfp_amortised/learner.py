@@ -159,12 +159,24 @@ class AmortisedLearner(Learner):
 
     def fit(self, x=None, *args, **kwargs):
         """`Learner.fit`, after starting a learning regression from the median heuristic on a sleep set."""
-        if self.regression.learn:  # eagerly, in the strategy's scope: variables cannot be created in a step
-            with self.distribute_strategy.scope():
-                self.regression.initialise(self.sample(self.num_sleep, seed=[0, 1])[self.observed])
-                if not self.regression_optimizer.built:
-                    self.regression_optimizer.build(self.regression.trainable_variables)
+        self.initialise_regression()
         return super().fit(x, *args, **kwargs)
+
+    def train_on_batch(self, x, *args, **kwargs):
+        """`keras.Model.train_on_batch`, after `initialise_regression`."""
+        self.initialise_regression()
+        return super().train_on_batch(x, *args, **kwargs)
+
+    def initialise_regression(self):
+        """Starts a learning regression from the median heuristic on a sleep set and builds its optimiser, eagerly
+        and in the strategy's scope (variables cannot be created in a step); nothing when it does not learn or has
+        started already. `fit` and `train_on_batch` call it; call it before a custom training loop."""
+        if not self.regression.learn:
+            return
+        with self.distribute_strategy.scope():
+            self.regression.initialise(self.sample(self.num_sleep, seed=[0, 1])[self.observed])
+            if not self.regression_optimizer.built:
+                self.regression_optimizer.build(self.regression.trainable_variables)
 
     def sample(self, num_samples, seed=None):
         """Draws `num_samples` from the model: dict `{node name: Tensor[num_samples, *event_shape]}`.

@@ -451,6 +451,8 @@ class KernelRidge(keras.layers.Layer):
 
     def call(self, sleep_x, query_x, return_diagnostics=False):
         """`alpha: [M, N]`, or `(alpha, RegressionDiagnostics)` with `return_diagnostics=True`."""
+        if self.learn and tf.executing_eagerly():
+            self.initialise(sleep_x)  # once; in a tf.function, `initialise` must have run before (the learner's does)
         sleep_x, query_x = self.kernel_inputs(sleep_x, query_x)
         bandwidth = self._bandwidth(sleep_x)
         if self.ard:  # k(x / l, y / l) with unit length scale: per-dimension length scales for every solver
@@ -474,8 +476,8 @@ class KernelRidge(keras.layers.Layer):
         learned = tf.exp(tf.cast(self.log_bandwidth, self.compute_dtype))
         if not isinstance(self.bandwidth_rule, str):
             return learned
-        # Both branches are computed (no tf.cond: it breaks inside a tf.distribute replica context); the median of
-        # a subsample costs little beside the regression.
+        # Until `initialise` has run, the median heuristic (both values are computed: the median of a subsample
+        # costs little beside the regression).
         median = median_bandwidth(sleep_inputs - tf.reduce_mean(sleep_inputs, 0), self.bandwidth_subsample)
         return tf.where(self.initialised > 0., learned, tf.broadcast_to(median, tf.shape(learned)))
 
