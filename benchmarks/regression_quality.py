@@ -203,7 +203,7 @@ def gradient_part(problem_list, args):
     for problem in problem_list:
         x = tf.constant(problem.train[:args.num_wake])
         settings = [("fixed", None)] + [("learned", lr) for lr in REGRESSION_LRS] + [("learned-ard", None)]
-        settings += [(name, None if name.startswith("fixed") else REGRESSION_LRS[1])
+        settings += [(name, None if name.startswith("fixed") else 0.1)
                      for name in problem.extra_settings]
         for num_sleep in args.gradient_sizes:
             for form in FORMS:
@@ -472,13 +472,20 @@ def main():
                         help="the learned settings' Adam learning rate in (b) and (c) (default: the best of (a) "
                         "when it runs, else 0.1)")
     parser.add_argument("--learning-ard", action="store_true", help="also learn with learned-ard in (b)")
+    parser.add_argument("--gradient-sizes", default=None, help="comma-separated N of (a) (default 1000,2000)")
+    parser.add_argument("--sweep-lrs", default=None, help="comma-separated regression lrs of (a) (default "
+                        "0.05,0.1,0.2)")
+    parser.add_argument("--hyper-steps", type=int, default=None, help="hyperparameter steps in (a) (default 50)")
     args = parser.parse_args()
-    global ARD_IN_LEARNING
+    global ARD_IN_LEARNING, REGRESSION_LRS
     ARD_IN_LEARNING = args.learning_ard
+    if args.sweep_lrs:
+        REGRESSION_LRS = tuple(float(value) for value in args.sweep_lrs.split(","))
     args.seeds = args.seeds or (2 if args.quick else 5)
     args.num_sleep = 300 if args.quick else 1000
-    args.gradient_sizes = (300, 600) if args.quick else (1000, 2000)
-    args.hyper_steps = 30 if args.quick else 50
+    args.gradient_sizes = ((300, 600) if args.quick else (1000, 2000)) if args.gradient_sizes is None else tuple(
+        int(value) for value in args.gradient_sizes.split(","))
+    args.hyper_steps = args.hyper_steps or (30 if args.quick else 50)
     args.hyper_steps_more = 15 if args.quick else 25
     args.repeats = 1 if args.quick else 2
     args.num_wake = 100
