@@ -463,6 +463,84 @@ def plot(problem_list, gradient_results, curves, args, path):
     save_figure(figure, path)
 
 
+def _last_tables(text):
+    """The last gradient and the last learning markdown table printed in a log: lists of cell rows."""
+    tables, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        elif current:
+            tables.append(current)
+            current = []
+    gradient = [t for t in tables if t[0][:3] == ["model", "regression", "reg. lr"]]
+    learning = [t for t in tables if t[0][:3] == ["model", "regression", "form"]]
+    return (gradient[-1] if gradient else None), (learning[-1] if learning else None)
+
+
+def plot_from_logs(paths, path):
+    """Plots the last (possibly partial) tables printed by runs of this benchmark, merged over their logs."""
+    gradient_rows, learning_rows, header = [], [], None
+    for log in paths:
+        with open(log, encoding="utf-8") as handle:
+            gradient, learning = _last_tables(handle.read())
+        if gradient:
+            header = gradient[0]
+            gradient_rows += gradient[2:]
+        if learning:
+            learning_rows += learning[2:]
+    figure, axes = plt.subplots(2, 1, figsize=(12, 9))
+    axis = axes[0]
+    if gradient_rows:
+        column = {name: index for index, name in enumerate(header)}
+        names = list(dict.fromkeys(row[0] for row in gradient_rows))
+        groups = ["fixed", "learned (best lr)", "learned-ard", "fixed-acov", "learned-acov", "ideal"]
+        width = 0.8 / (2 * len(groups))
+        for form_index, form in enumerate(FORMS):
+            key = next(name for name in header if name.startswith(form))  # the smallest N of that form
+            for group_index, group in enumerate(groups):
+                values = []
+                for name in names:
+                    candidates = [float(row[column[key]]) for row in gradient_rows if row[0] == name
+                                  and row[column[key]] != "-" and (row[1] == group or row[1].startswith(group)
+                                  and group == "ideal" or group == "learned (best lr)" and row[1] == "learned"
+                                  or group == "learned-ard" and row[1].startswith("learned-ard"))]
+                    values.append(min(candidates) if candidates else np.nan)
+                offset = (form_index * len(groups) + group_index) * width
+                axis.bar(np.arange(len(names)) + offset, values, width, color=f"C{group_index}",
+                         hatch="//" if form == "conditional" else None, edgecolor="k", linewidth=0.3,
+                         label=group if form_index == 0 else None)
+        axis.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names)
+        axis.set_yscale("log")
+        axis.set(ylabel="median relative error", title="(a) gradient error at the initial parameters, N=1000 "
+                 "(plain: joint form, hatched: conditional form)")
+        axis.legend(fontsize=7, ncol=3)
+    axis = axes[1]
+    if learning_rows:
+        labels, means, lows, highs, colours = [], [], [], [], []
+        names = list(dict.fromkeys(row[0] for row in learning_rows))
+        for row in learning_rows:
+            if row[2] == "-":
+                continue
+            goal = float(row[5].split()[0])
+            numbers = [float(value) for value in row[4].replace("[", " ").replace("]", " ").replace(",", " ").split()]
+            mean, low, high = (value / goal for value in numbers)
+            labels.append(f"{row[0]} {row[1]} {row[2][0]}")
+            means.append(mean)
+            lows.append(mean - low)
+            highs.append(high - mean)
+            colours.append(f"C{names.index(row[0])}")
+        positions = np.arange(len(labels))
+        axis.errorbar(positions, means, yerr=[lows, highs], fmt="none", ecolor="k", capsize=2)
+        axis.scatter(positions, means, c=colours, zorder=3)
+        axis.axhspan(-1., 1., color="0.85", zorder=0, label="goal (|gap| <= 0.01 nats/obs., 0.2 nats/series)")
+        axis.set_xticks(positions, labels, rotation=90, fontsize=6)
+        axis.set_yscale("symlog", linthresh=1.)
+        axis.set(ylabel="(learner - oracle) / goal", title="(b) final held-out log-likelihood: amortised minus "
+                 "exact-gradient learner (mean, min-max over seeds; j/c = form)")
+        axis.legend(fontsize=7)
+    save_figure(figure, path)
+
+
 def main():
     parser = benchmark_parser(__doc__, "2 seeds, fewer steps, N smaller")
     parser.add_argument("--only", choices=("gradient", "learning", "timing"), default=None)
@@ -476,7 +554,14 @@ def main():
     parser.add_argument("--sweep-lrs", default=None, help="comma-separated regression lrs of (a) (default "
                         "0.05,0.1,0.2)")
     parser.add_argument("--hyper-steps", type=int, default=None, help="hyperparameter steps in (a) (default 50)")
+    parser.add_argument("--plot-from", default=None, help="comma-separated logs of runs of this benchmark: plot "
+                        "their last (possibly partial) tables, merged, to regression_quality.png, and exit")
     args = parser.parse_args()
+    if args.plot_from:
+        path = plot_path("regression_quality.png")
+        plot_from_logs(args.plot_from.split(","), path)
+        print(f"plot: {path}")
+        return
     global ARD_IN_LEARNING, REGRESSION_LRS
     ARD_IN_LEARNING = args.learning_ard
     if args.sweep_lrs:
