@@ -272,7 +272,8 @@ def gradient_table(results, sizes):
 
 def best_regression_lr(results):
     """The learning rate with the smallest geometric-mean ratio of its error to the fixed regression's."""
-    fixed = {(n, f, s): e for n, setting, _, f, s, e in results if setting == "fixed"}
+    smallest = min(size for *_, size, _ in results)  # the sweep runs at the smallest N only
+    fixed = {(n, f, s): e for n, setting, _, f, s, e in results if setting == "fixed" and s == smallest}
     ratios = {lr: [] for lr in REGRESSION_LRS}
     for name, setting, lr, form, size, error in results:
         if setting == "learned" and (name, form, size) in fixed and lr in ratios:
