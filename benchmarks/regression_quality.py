@@ -480,31 +480,31 @@ def _last_tables(text):
 
 def plot_from_logs(paths, path):
     """Plots the last (possibly partial) tables printed by runs of this benchmark, merged over their logs."""
-    gradient_rows, learning_rows, header = [], [], None
+    gradient_rows, learning_rows = [], []
     for log in paths:
         with open(log, encoding="utf-8") as handle:
             gradient, learning = _last_tables(handle.read())
-        if gradient:
-            header = gradient[0]
-            gradient_rows += gradient[2:]
+        if gradient:  # each row as {column name: cell}: the runs' tables may have different N columns
+            gradient_rows += [dict(zip(gradient[0], row)) for row in gradient[2:]]
         if learning:
             learning_rows += learning[2:]
     figure, axes = plt.subplots(2, 1, figsize=(12, 9))
     axis = axes[0]
     if gradient_rows:
-        column = {name: index for index, name in enumerate(header)}
-        names = list(dict.fromkeys(row[0] for row in gradient_rows))
+        names = list(dict.fromkeys(row["model"] for row in gradient_rows))
         groups = ["fixed", "learned (best lr)", "learned-ard", "fixed-acov", "learned-acov", "ideal"]
         width = 0.8 / (2 * len(groups))
         for form_index, form in enumerate(FORMS):
-            key = next(name for name in header if name.startswith(form))  # the smallest N of that form
+            key = f"{form} N=1000"
             for group_index, group in enumerate(groups):
                 values = []
                 for name in names:
-                    candidates = [float(row[column[key]]) for row in gradient_rows if row[0] == name
-                                  and row[column[key]] != "-" and (row[1] == group or row[1].startswith(group)
-                                  and group == "ideal" or group == "learned (best lr)" and row[1] == "learned"
-                                  or group == "learned-ard" and row[1].startswith("learned-ard"))]
+                    candidates = [float(row[key]) for row in gradient_rows if row["model"] == name
+                                  and row.get(key, "-") != "-" and (
+                                      row["regression"] == group
+                                      or group == "ideal" and row["regression"].startswith("ideal")
+                                      or group == "learned (best lr)" and row["regression"] == "learned"
+                                      or group == "learned-ard" and row["regression"].startswith("learned-ard"))]
                     values.append(min(candidates) if candidates else np.nan)
                 offset = (form_index * len(groups) + group_index) * width
                 axis.bar(np.arange(len(names)) + offset, values, width, color=f"C{group_index}",
