@@ -105,13 +105,13 @@ class AmortisedLearner(Learner):
         Args:
           optimizer: the generative model's optimiser (as in Keras).
           regression_optimizer: the optimiser of the regression's trainable hyperparameters (`KernelRidge(
-            learn=True)`): a Keras optimiser or its name; default `keras.optimizers.Adam(0.01)`. Unused when the
+            learn=True)`): a Keras optimiser or its name; default `keras.optimizers.Adam(0.1)` (0.05 was too slow to follow the model in `benchmarks/regression_quality`). Unused when the
             regression does not learn.
           **kwargs: passed on to `keras.Model.compile`.
         """
         super().compile(optimizer=optimizer, **kwargs)
         self.regression_optimizer = keras.optimizers.get(
-            keras.optimizers.Adam(0.01) if regression_optimizer is None else regression_optimizer)
+            keras.optimizers.Adam(0.1) if regression_optimizer is None else regression_optimizer)
         self._compile_config.config["regression_optimizer"] = self.regression_optimizer
 
     def compile_from_config(self, config):
