@@ -105,8 +105,8 @@ class AmortisedLearner(Learner):
         Args:
           optimizer: the generative model's optimiser (as in Keras).
           regression_optimizer: the optimiser of the regression's trainable hyperparameters (`KernelRidge(
-            learn=True)`): a Keras optimiser or its name; default `keras.optimizers.Adam(0.1)` (0.05 was too slow to follow the model in `benchmarks/regression_quality`). Unused when the
-            regression does not learn.
+            learn=True)`): a Keras optimiser or its name; default `keras.optimizers.Adam(0.1)` (0.05 was too slow to
+            follow the model in `benchmarks/regression_quality`). Unused when the regression does not learn.
           **kwargs: passed on to `keras.Model.compile`.
         """
         super().compile(optimizer=optimizer, **kwargs)
