@@ -170,15 +170,24 @@ def _partitions(matrix, block_size):
     num_rows = matrix.shape[-1]
     if num_rows is None or (block_size is None and _on_gpu(matrix)):
         return [(0, num_rows)], [(0, num_rows)]
-    blocks = _blocks(num_rows, block_size or _BLOCK_SIZE)
+    blocks = block_partition(num_rows, block_size)
     if block_size is None and (num_rows <= _MAX_UNBLOCKED_ROWS or _in_xla_context()):
         return [(0, num_rows)], blocks
     return blocks, blocks
 
 
-def _blocks(num_rows, block_size):
-    """`(start, stop)` of consecutive blocks of `block_size` rows, the last possibly shorter."""
-    return [(start, min(start + int(block_size), num_rows)) for start in range(0, num_rows, int(block_size))]
+def block_partition(num_rows, block_size=None):
+    """`(start, stop)` of consecutive blocks of `block_size` rows (default: `cholesky`'s), the last possibly shorter.
+
+    Args:
+      num_rows: `N`, a Python int.
+      block_size: rows per block, a positive int, or None for the block size of `cholesky`'s default rule.
+
+    Returns:
+      list of `(start, stop)` Python int pairs covering `range(N)`.
+    """
+    block_size = int(block_size or _BLOCK_SIZE)
+    return [(start, min(start + block_size, num_rows)) for start in range(0, num_rows, block_size)]
 
 
 def _in_xla_context():
