@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_amortised.ridge import KERNELS, KernelRidge
-from tfp_amortised import linalg
+from tfp_amortised.ridge import KERNELS, KernelRidge, kernel_ridge_weights
+from tfp_amortised import linalg, solvers
 from tfp_amortised.solvers import (feature_ridge_weights, fourier_frequencies, gram_and_cross, random_fourier_features,
                                     ridge_weights)
 
@@ -206,3 +206,35 @@ def test_solver_options_round_trip_through_config():
     config = ridge.get_config()
     assert (config["solver"], config["num_inducing"], config["num_features"], config["seed"]) == ("nystrom", 64, 128, 5)
     assert KernelRidge.from_config(config).get_config() == config
+
+
+def test_auto_solver_follows_the_documented_threshold():
+    assert solvers.choose_solver("auto", solvers.AUTO_MAX_EXACT) == "cholesky"
+    assert solvers.choose_solver("auto", solvers.AUTO_MAX_EXACT + 1) == solvers.AUTO_APPROXIMATION == "nystrom"
+    assert solvers.choose_solver("auto", None) == "cholesky"  # N unknown when traced: the exact solver
+    for solver in solvers.SOLVERS:
+        assert solvers.choose_solver(solver, 10**6) == solver
+
+
+def test_auto_solver_at_the_default_num_sleep_is_exact():
+    """The lead's condition for "auto" as the default: no change at the learner's default num_sleep = 1000."""
+    assert solvers.choose_solver("auto", 1000) == "cholesky"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_auto_solver_gives_the_chosen_solvers_weights(mode, monkeypatch):
+    """`KernelRidge(solver="auto")` returns exactly the weights of the solver the threshold names, with that
+    solver's options (a threshold of 40 keeps the Nystrom side small)."""
+    monkeypatch.setattr(solvers, "AUTO_MAX_EXACT", 40)
+    for num_sleep, expected in ((40, {"solver": "cholesky"}), (41, {"solver": "nystrom", "num_inducing": 16})):
+        sleep_x, query_x = _data(num_sleep, 5)
+        auto = _weights(mode, sleep_x, query_x, solver="auto", num_inducing=16, num_features=8)
+        np.testing.assert_array_equal(auto, _weights(mode, sleep_x, query_x, **expected))
+
+
+def test_auto_solver_in_the_pure_function_takes_every_solvers_options():
+    sleep_x, query_x = _data(30, 4)
+    weights, _ = kernel_ridge_weights(sleep_x, query_x, bandwidth=BANDWIDTH, solver="auto", num_inducing=8,
+                                      num_features=16, seed=tf.constant([1, 0]))
+    expected, _ = kernel_ridge_weights(sleep_x, query_x, bandwidth=BANDWIDTH, solver="cholesky")
+    np.testing.assert_array_equal(weights, expected)

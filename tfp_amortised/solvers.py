@@ -263,3 +263,40 @@ SOLVERS = {
     "random_features": random_feature_ridge_weights,
     "nystrom": nystrom_ridge_weights,
 }
+SOLVER_NAMES = (*SOLVERS, "auto")
+"""Accepted `solver` settings: a key of `SOLVERS`, or `"auto"` (`choose_solver`)."""
+
+AUTO_MAX_EXACT = 2000
+"""`solver="auto"` solves exactly up to this many sleep samples, and by `AUTO_APPROXIMATION` above (measurements
+in `choose_solver`)."""
+AUTO_APPROXIMATION = "nystrom"
+
+# Which options each solver takes (beyond kernel, sleep_x, query_x, ridge).
+_OPTIONS = {"cholesky": (), "random_features": ("num_features", "seed"), "nystrom": ("num_inducing",)}
+
+
+def choose_solver(solver, num_sleep):
+    """The solver to run for `solver` and `N` sleep samples: `solver` itself, or for `"auto"` a key of `SOLVERS`.
+
+    `"auto"` is the exact `"cholesky"` up to `AUTO_MAX_EXACT` sleep samples (and when `N` is not known
+    statically), and `AUTO_APPROXIMATION` (Nystrom, its default 512 inducing points) above, where it is faster
+    at the same gradient error. Measured with `python -m benchmarks.step_speed --only auto` (2-core CPU,
+    float32; step of the binary-image model, softplus gradient error): see that benchmark and
+    `benchmarks/RESULTS.md`.
+
+    Args:
+      solver: a name in `SOLVER_NAMES`.
+      num_sleep: `N`, a Python int, or None when unknown.
+
+    Returns:
+      A key of `SOLVERS`.
+    """
+    if solver != "auto":
+        return solver
+    return "cholesky" if num_sleep is None or num_sleep <= AUTO_MAX_EXACT else AUTO_APPROXIMATION
+
+
+def options_for(solver, options):
+    """The entries of `options` that `solver` (a key of `SOLVERS`) takes: `"auto"` passes every solver's options,
+    and each chosen solver keeps its own."""
+    return {name: value for name, value in options.items() if name in _OPTIONS[solver]}
