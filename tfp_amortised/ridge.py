@@ -16,7 +16,7 @@ Every setting has one name and one default, shared by the function and the layer
     bandwidth            "median"     the median heuristic on each sleep set, or a positive length scale
     ridge                1e-3         the regulariser lam > 0 (always a number); the Gram matrix gets N lam
     bandwidth_subsample  512          rows the median heuristic looks at
-    solver               "cholesky"   a key of tfp_amortised.solvers.SOLVERS, or "auto" (exact up to 2000 sleep samples)
+    solver               "auto"       exact up to 1000 sleep samples, Nystrom above (or a key of solvers.SOLVERS)
     intercept            False        regress targets centred on their sleep mean
     learn                False        train the log bandwidth and log ridge online on held-out regression error
 """
@@ -41,7 +41,7 @@ KERNELS = {
 }
 
 DEFAULTS = {"kernel": "gaussian", "bandwidth": "median", "ridge": 1e-3, "bandwidth_subsample": 512,
-            "solver": "cholesky", "intercept": False, "learn": False}
+            "solver": "auto", "intercept": False, "learn": False}
 DEFAULT_RIDGE = DEFAULTS["ridge"]
 
 
@@ -264,11 +264,11 @@ class KernelRidge(keras.layers.Layer):
       bandwidth: `"median"` (default) for the median heuristic, or a positive float length scale.
       ridge: the regulariser `lam > 0` (a number); the Gram matrix gets `N lam` on its diagonal.
       bandwidth_subsample: number of sleep points the median heuristic looks at.
-      solver: `"cholesky"` (default; exact, `ridge_weights`), `"random_features"` (random Fourier features,
-        `random_feature_ridge_weights`), `"nystrom"` (`nystrom_ridge_weights`) or `"auto"`: exact up to
-        `tfp_amortised.solvers.AUTO_MAX_EXACT` sleep samples, Nystrom with `num_inducing` points above
-        (`tfp_amortised.solvers.choose_solver`, by the static `N` of each call). The two approximations
-        cost time and memory linear in `N`: use them beyond a few thousand sleep samples.
+      solver: `"auto"` (default): exact up to `tfp_amortised.solvers.AUTO_MAX_EXACT` (1000) sleep samples,
+        Nystrom with `num_inducing` points above (`tfp_amortised.solvers.choose_solver`, by the static `N` of
+        each call; exact when `N` is unknown); or `"cholesky"` (exact, `ridge_weights`), `"random_features"`
+        (random Fourier features, `random_feature_ridge_weights`) or `"nystrom"` (`nystrom_ridge_weights`).
+        The two approximations cost time and memory linear in `N`: use them beyond a few thousand sleep samples.
       num_features: even number of random Fourier features (`solver="random_features"`).
       num_inducing: number of Nystrom inducing points (`solver="nystrom"`).
       seed: integer seed of the random Fourier frequencies; fixed, so every call uses the same frequencies

@@ -266,7 +266,7 @@ SOLVERS = {
 SOLVER_NAMES = (*SOLVERS, "auto")
 """Accepted `solver` settings: a key of `SOLVERS`, or `"auto"` (`choose_solver`)."""
 
-AUTO_MAX_EXACT = 2000
+AUTO_MAX_EXACT = 1000
 """`solver="auto"` solves exactly up to this many sleep samples, and by `AUTO_APPROXIMATION` above (measurements
 in `choose_solver`)."""
 AUTO_APPROXIMATION = "nystrom"
@@ -279,10 +279,24 @@ def choose_solver(solver, num_sleep):
     """The solver to run for `solver` and `N` sleep samples: `solver` itself, or for `"auto"` a key of `SOLVERS`.
 
     `"auto"` is the exact `"cholesky"` up to `AUTO_MAX_EXACT` sleep samples (and when `N` is not known
-    statically), and `AUTO_APPROXIMATION` (Nystrom, its default 512 inducing points) above, where it is faster
-    at the same gradient error. Measured with `python -m benchmarks.step_speed --only auto` (2-core CPU,
-    float32; step of the binary-image model, softplus gradient error): see that benchmark and
-    `benchmarks/RESULTS.md`.
+    statically), and `AUTO_APPROXIMATION` (Nystrom, 512 inducing points by default) above, where it was faster at
+    the same gradient error. Measured on a 2-core CPU shared with other jobs (load average 9-14), float32:
+    median process CPU seconds of the learner's train step on the binary-image model of
+    `benchmarks/step_speed.py` (M = 100, 64 held-out samples; 5 interleaved repeats), and the median relative
+    error of the softplus model's gradient (`benchmarks/step_speed.py`), exact / Nystrom R = 512 / random
+    features F = 1024:
+
+        N      step CPU s               gradient error
+        500    0.061 / 0.073 / 0.066    0.0634 / 0.0635 / 0.0604
+        1000   0.122 / 0.122 / 0.134    0.0304 / 0.0304 / 0.0353
+        1500   0.185 / 0.156 / 0.173    0.0403 / 0.0403 / 0.0392
+        2000   0.291 / 0.218 / 0.236    0.0313 / 0.0313 / 0.0343
+        3000   0.511 / 0.313 / 0.336    0.0295 / 0.0295 / 0.0310
+
+    Nystrom's error equals the exact solver's at every N here (the softplus observation is 1-D, where 512
+    inducing points are nearly exact; on high-dimensional observations it is larger), so the threshold is
+    where its step became cheaper: a tie at 1000, 16% cheaper at 1500. `python -m benchmarks.step_speed
+    --only auto` measures it again, to N = 50 000.
 
     Args:
       solver: a name in `SOLVER_NAMES`.
