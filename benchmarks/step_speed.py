@@ -144,11 +144,9 @@ def _interleaved_times(fns, repeats):
 
 
 def _block(value):
-    for tensor in tf.nest.flatten(value):
+    for tensor in tf.nest.flatten(value, expand_composites=True):  # IndexedSlices gradients too
         if tf.is_tensor(tensor):
             tensor.numpy()
-        elif isinstance(tensor, tf.IndexedSlices):
-            tensor.values.numpy()
 
 
 def _peak_rss_gb():
