@@ -256,7 +256,7 @@ def _part_times(model, ridge, solver, num_sleep, options, wake_x, repeats):
     times.update(_interleaved_times({
         "gram": gram, "cholesky": factor,
         "cholesky_scipy": lambda: scipy.linalg.cho_factor(matrix_np, lower=True, check_finite=False)[0],
-        "solve": tf.function(lambda: tf.linalg.cholesky_solve(chol, cross))}, repeats))
+        "solve": tf.function(lambda: linalg.cholesky_solve(chol, cross))}, repeats))
     return times
 
 

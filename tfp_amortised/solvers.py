@@ -109,7 +109,7 @@ def _cholesky_weights(gram, cross, ridge):
     num_sleep = tf.cast(tf.shape(gram)[0], gram.dtype)
     gram = tf.linalg.set_diag(gram, tf.linalg.diag_part(gram) + num_sleep * ridge)
     chol, jitter = linalg.retrying_cholesky(gram)
-    return tf.transpose(tf.linalg.cholesky_solve(chol, cross)), jitter
+    return tf.transpose(linalg.cholesky_solve(chol, cross)), jitter
 
 
 def feature_ridge_weights(sleep_features, query_features, ridge):
@@ -141,7 +141,7 @@ def feature_ridge_weights(sleep_features, query_features, ridge):
     precision = tf.matmul(sleep_features, sleep_features, transpose_a=True)  # [F, F]
     precision = tf.linalg.set_diag(precision, tf.linalg.diag_part(precision) + num_sleep * ridge)
     chol, jitter = linalg.retrying_cholesky(precision)
-    coefficients = tf.linalg.cholesky_solve(chol, tf.transpose(query_features))  # [F, M]
+    coefficients = linalg.cholesky_solve(chol, tf.transpose(query_features))  # [F, M]
     return tf.matmul(coefficients, sleep_features, transpose_a=True, transpose_b=True), jitter
 
 
