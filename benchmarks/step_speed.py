@@ -187,16 +187,17 @@ def _learner(model_name, solver, num_sleep, options, jit_compile=False, previous
     return model, ridge, previous_step
 
 
-def measure(model_name, solver, num_sleep, options, repeats):
-    """Times one configuration in this process; returns a dict of seconds, GB and the gradient error."""
+def measure(model_name, solver, num_sleep, options, repeats, side_by_side=True):
+    """Times one configuration in this process; returns a dict of seconds, GB and the gradient error. With
+    `side_by_side`, also the previous exact step and the XLA step (not needed by the `auto` table)."""
     model, ridge, step = _learner(model_name, solver, num_sleep, options)
     wake_x = sleep(model.joint_distribution(), NUM_WAKE, seed=[1, 2])["x"]
     baseline_gb = _peak_rss_gb()
     steps = {"step": lambda: step(wake_x, return_dict=True)}
-    if solver == "cholesky" and num_sleep <= MAX_PREVIOUS:
+    if side_by_side and solver == "cholesky" and num_sleep <= MAX_PREVIOUS:
         previous = _learner(model_name, solver, num_sleep, options, previous=True)[2]
         steps["step_previous"] = lambda: previous(wake_x, return_dict=True)
-    if num_sleep <= MAX_JIT and solver != "auto":
+    if side_by_side and num_sleep <= MAX_JIT:
         compiled = _learner(model_name, solver, num_sleep, options, jit_compile=True)[2]
         steps["step_jit"] = lambda: compiled(wake_x, return_dict=True)
     result = _interleaved_times(steps, repeats)
@@ -301,12 +302,12 @@ def _gradient_error(solver, num_sleep, options, num_wake=NUM_WAKE):
     return median_relative_error(estimate, exact)
 
 
-def run(configs, options, repeats):
+def run(configs, options, repeats, side_by_side=True):
     """Runs every configuration in a fresh process (clean peak memory); returns one result dict each."""
     results = []
     for model_name, solver, num_sleep in configs:
         spec = json.dumps({"model": model_name, "solver": solver, "num_sleep": num_sleep,
-                           "options": options[solver], "repeats": repeats})
+                           "options": options[solver], "repeats": repeats, "side_by_side": side_by_side})
         child = subprocess.run([sys.executable, "-m", "benchmarks.step_speed", "--one", spec], capture_output=True,
                                text=True, check=False, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
         if child.returncode != 0:
@@ -386,7 +387,7 @@ def main():
     if args.one:
         spec = json.loads(args.one)
         print(json.dumps(measure(spec["model"], spec["solver"], spec["num_sleep"], spec["options"],
-                                 spec["repeats"])))
+                                 spec["repeats"], spec["side_by_side"])))
         return
     start = time.time()
     options = QUICK_OPTIONS if args.quick else SOLVER_OPTIONS
@@ -411,7 +412,7 @@ def main():
                              [[num_sleep, NUM_WAKE, times["autobatched"][0], times["batched"][0],
                                times["autobatched"][0] / times["batched"][0]]], float_format="{:.3g}"))
     if "auto" in only:
-        print(auto_table(run(QUICK_AUTO if args.quick else AUTO, options, repeats)))
+        print(auto_table(run(QUICK_AUTO if args.quick else AUTO, options, repeats, side_by_side=False)))
     print(f"wall time {time.time() - start:.0f} s")
 
 
