@@ -6,8 +6,8 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_amortised.evaluation import median_relative_error, per_point_gradients
-from tfp_amortised import KernelRidge, sleep, surrogate_log_marginal
-from tfp_amortised.estimator import flatten_events
+from tfp_amortised import KernelRidge, _joint, sleep, surrogate_log_marginal
+from tfp_amortised.estimator import flatten_events, weighted_log_joint
 from tfp_amortised.models import FactorAnalysisModel, GaussianMixtureModel
 
 tfd = tfp.distributions
@@ -285,3 +285,62 @@ class TestBadInput:
     def test_not_a_joint(self):
         with pytest.raises(TypeError, match="Received: joint of type Normal"):
             surrogate_log_marginal(tfd.Normal(0., 1.), np.zeros([4, 1]), num_sleep=10, seed=(1, 2))
+
+
+def _mixture_variants(logits, means):
+    """z ~ Categorical(logits), x | z ~ N(means[z], I) with `tf.gather` from a variable (not vectorisable), as an
+    AutoBatched joint with x last, an AutoBatched joint with x first, and an explicitly batched Coroutine."""
+
+    def autobatched():
+        z = yield tfd.Categorical(logits=logits, name="z")
+        yield tfd.Independent(tfd.Normal(tf.gather(means, z), 1.), 1, name="x")
+
+    def batched():
+        z = yield Root(tfd.Categorical(logits=logits, name="z"))
+        yield tfd.Independent(tfd.Normal(tf.gather(means, z), 1.), 1, name="x")
+
+    def observed_first():
+        x = yield tfd.Independent(tfd.Normal(tf.zeros([2]), 3.), 1, name="x")
+        yield tfd.Categorical(logits=logits + x[..., :1], name="z")
+
+    return {"autobatched": lambda: tfd.JointDistributionCoroutineAutoBatched(autobatched),
+            "batched": lambda: tfd.JointDistributionCoroutine(batched),
+            "observed_first": lambda: tfd.JointDistributionCoroutineAutoBatched(observed_first)}
+
+
+@pytest.mark.parametrize("kind", ["autobatched", "batched", "observed_first"])
+def test_paired_log_prob_equals_the_broadcast_log_prob(kind):
+    """`paired_log_prob` (one model evaluation over N for an AutoBatched joint whose observed node is last)
+    against the broadcast `[1, N]` x `[M, 1]` `log_prob` (the previous path), value and gradient."""
+    logits, means = tf.Variable([0.2, -0.3, 0.1]), tf.Variable([[0., 1.], [2., -1.], [-1.5, 0.5]])
+    joint_fn = _mixture_variants(logits, means)[kind]
+    sample = sleep(joint_fn(), 40, seed=[1, 2])
+    wake_x = tf.random.stateless_normal([6, 2], [3, 4])
+    paired = {"z": sample["z"][tf.newaxis], "x": wake_x[:, tf.newaxis]}
+    results = []
+    for evaluate in (lambda joint: _joint.paired_log_prob(joint, sample, wake_x, "x"),
+                     lambda joint: _joint.log_prob(joint, paired)):
+        with tf.GradientTape() as tape:
+            value = tf.broadcast_to(evaluate(joint_fn()), [6, 40])
+            total = tf.reduce_sum(value * tf.random.stateless_normal([6, 40], [5, 6]))
+        gradients = tape.gradient(total, [logits, means], unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        results.append([value, *map(tf.convert_to_tensor, gradients)])
+    for new, previous in zip(*results):
+        np.testing.assert_allclose(new, previous, rtol=1e-5, atol=1e-5)
+
+
+def test_autobatched_conditional_step_equals_the_batched_one():
+    """The whole conditional-form step of the AutoBatched mixture against the explicitly batched one (the same
+    model; their samples differ, so both use the batched joint's sleep draws through `weighted_log_joint`)."""
+    logits, means = tf.Variable([0.2, -0.3, 0.1]), tf.Variable([[0., 1.], [2., -1.], [-1.5, 0.5]])
+    variants = _mixture_variants(logits, means)
+    sample = sleep(variants["batched"](), 50, seed=[1, 2])
+    wake_x = tf.random.stateless_normal([5, 2], [3, 4])
+    weights = tf.random.stateless_normal([5, 50], [7, 8])
+    results = []
+    for kind in ("autobatched", "batched"):
+        with tf.GradientTape() as tape:
+            surrogate = weighted_log_joint(variants[kind](), sample, weights, wake_x, form="conditional")
+        results.append([surrogate, *tape.jacobian(surrogate, [logits, means])])
+    for autobatched, batched in zip(*results):
+        np.testing.assert_allclose(autobatched, batched, rtol=1e-5, atol=1e-5)

@@ -214,3 +214,29 @@ def test_default_rule_uses_tf_cholesky_on_gpu():
 def test_invalid_arguments_are_named(call, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         call()
+
+
+@pytest.mark.parametrize("num_rows,block_size,batch_shape", [(50, 16, ()), (40, 7, (2,)), (1000, None, ())])
+def test_cholesky_solve_equals_tf_cholesky_solve_with_its_gradient(num_rows, block_size, batch_shape):
+    """Blocked substitution against `tf.linalg.cholesky_solve` (the previous path): values, and the gradient with
+    respect to the factor and the right-hand sides (1000 rows: the default rule's blocks of 256)."""
+    chol = tf.linalg.cholesky(spd_matrix(num_rows, batch_shape=batch_shape))
+    rhs = tf.random.stateless_normal([*batch_shape, num_rows, 3], [1, 2], dtype=tf.float64)
+    weights = tf.random.stateless_normal([*batch_shape, num_rows, 3], [3, 4], dtype=tf.float64)
+    results = []
+    for solve in (lambda c, b: linalg.cholesky_solve(c, b, block_size), tf.linalg.cholesky_solve):
+        with tf.GradientTape() as tape:
+            tape.watch([chol, rhs])
+            solution = solve(chol, rhs)
+            loss = tf.reduce_sum(solution * weights)
+        results.append([solution, *tape.gradient(loss, [chol, rhs])])
+    for blocked, reference in zip(*results):
+        np.testing.assert_allclose(blocked, reference, rtol=1e-9, atol=1e-9 * float(np.abs(reference).max()))
+
+
+def test_cholesky_solve_reads_only_the_lower_triangle():
+    chol = tf.linalg.cholesky(spd_matrix(30))
+    rhs = tf.random.stateless_normal([30, 2], [1, 2], dtype=tf.float64)
+    garbage = chol + tf.linalg.band_part(tf.ones_like(chol), 0, -1) - tf.linalg.band_part(tf.ones_like(chol), 0, 0)
+    np.testing.assert_allclose(linalg.cholesky_solve(garbage, rhs, 8), tf.linalg.cholesky_solve(chol, rhs),
+                               rtol=1e-10)

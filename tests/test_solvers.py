@@ -10,8 +10,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_amortised.ridge import KERNELS, KernelRidge
-from tfp_amortised.solvers import feature_ridge_weights, fourier_frequencies, random_fourier_features
+from tfp_amortised.ridge import KERNELS, KernelRidge, kernel_ridge_weights
+from tfp_amortised import linalg, solvers
+from tfp_amortised.solvers import (feature_ridge_weights, fourier_frequencies, gram_and_cross, random_fourier_features,
+                                    ridge_weights)
 
 MODES = {
     "eager": lambda fn: fn,
@@ -53,6 +55,63 @@ def test_cholesky_solver_equals_direct_solve(mode, num_sleep, num_query):
     # float32 solve of a system with condition number <= (N + N lam) / (N lam) = 1001: relative error
     # ~ 1e3 * 6e-8 = 6e-5; 5e-4 leaves a factor of 8.
     assert _relative_error(weights, _exact_weights("gaussian", sleep_x, query_x)) < 5e-4
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_gram_and_cross_equal_the_kernel_matrices(mode):
+    """The one-pass lower block columns against the two full `kernel.matrix` calls (the previous path)."""
+    sleep_x, query_x = _data(50, 7)
+    kernel = KERNELS["matern32"](length_scale=BANDWIDTH)
+    gram, cross = MODES[mode](lambda: gram_and_cross(kernel, sleep_x, query_x, block_size=16))()
+    full = kernel.matrix(sleep_x, sleep_x).numpy()
+    lower_blocks = np.zeros([50, 50], bool)
+    for start, stop in linalg.block_partition(50, 16):
+        lower_blocks[start:, start:stop] = True
+    np.testing.assert_allclose(np.where(lower_blocks, gram, 0.), np.where(lower_blocks, full, 0.), atol=1e-6)
+    np.testing.assert_array_equal(np.where(lower_blocks, 0., gram), 0.)  # nothing computed above the blocks
+    np.testing.assert_allclose(cross, kernel.matrix(sleep_x, query_x), atol=1e-6)
+
+
+def test_gram_and_cross_of_unknown_size_is_the_whole_matrix():
+    sleep_x, query_x = _data(20, 3)
+    kernel = KERNELS["gaussian"](length_scale=BANDWIDTH)
+    both = tf.function(lambda x, q: gram_and_cross(kernel, x, q, block_size=4),
+                       input_signature=[tf.TensorSpec([None, 3]), tf.TensorSpec([None, 3])])
+    gram, cross = both(sleep_x, query_x)
+    np.testing.assert_allclose(gram, kernel.matrix(sleep_x, sleep_x), atol=1e-6)
+    np.testing.assert_allclose(cross, kernel.matrix(sleep_x, query_x), atol=1e-6)
+
+
+def _previous_ridge_weights(kernel, sleep_x, query_x, ridge):
+    """The exact solver before the one-pass Gram matrix: two full kernel matrices."""
+    gram = kernel.matrix(sleep_x, sleep_x)
+    gram = tf.linalg.set_diag(gram, tf.linalg.diag_part(gram) + sleep_x.shape[0] * ridge)
+    chol, _ = linalg.retrying_cholesky(gram)
+    return tf.transpose(tf.linalg.cholesky_solve(chol, kernel.matrix(sleep_x, query_x)))
+
+
+@pytest.mark.parametrize("mode,num_sleep", [("function", 600), ("xla", 600), ("function", 1000)])
+def test_cholesky_solver_and_its_gradient_equal_the_full_matrix_path(mode, num_sleep):
+    """Weights and their gradient with respect to the length scale and the sleep points, against the previous
+    path (full symmetric Gram matrix); 600 rows are 3 block columns and one unblocked factorisation, 1000 rows
+    a blocked one. A gradient that saw only the lower triangle once would be about half the reference."""
+    sleep_x, query_x = _data(num_sleep, 7, dtype=tf.float64)
+    target = tf.random.stateless_normal([7, num_sleep], [5, 6], dtype=tf.float64)
+    length_scale = tf.constant(BANDWIDTH, tf.float64)
+
+    def weights_and_gradient(solver):
+        with tf.GradientTape() as tape:
+            tape.watch([length_scale, sleep_x])
+            weights = solver(KERNELS["gaussian"](length_scale=length_scale), sleep_x, query_x,
+                             tf.constant(RIDGE, tf.float64))
+            weights = weights[0] if isinstance(weights, tuple) else weights
+            loss = tf.reduce_sum(weights * target)
+        return [weights, *tape.gradient(loss, [length_scale, sleep_x])]
+
+    new = MODES[mode](lambda: weights_and_gradient(ridge_weights))()
+    previous = MODES[mode](lambda: weights_and_gradient(_previous_ridge_weights))()
+    for value, expected in zip(new, previous):
+        np.testing.assert_allclose(value, expected, rtol=1e-7, atol=1e-9 * float(tf.reduce_max(tf.abs(expected))))
 
 
 def test_cholesky_solver_float64():
@@ -147,3 +206,35 @@ def test_solver_options_round_trip_through_config():
     config = ridge.get_config()
     assert (config["solver"], config["num_inducing"], config["num_features"], config["seed"]) == ("nystrom", 64, 128, 5)
     assert KernelRidge.from_config(config).get_config() == config
+
+
+def test_auto_solver_follows_the_documented_threshold():
+    assert solvers.choose_solver("auto", solvers.AUTO_MAX_EXACT) == "cholesky"
+    assert solvers.choose_solver("auto", solvers.AUTO_MAX_EXACT + 1) == solvers.AUTO_APPROXIMATION == "nystrom"
+    assert solvers.choose_solver("auto", None) == "cholesky"  # N unknown when traced: the exact solver
+    for solver in solvers.SOLVERS:
+        assert solvers.choose_solver(solver, 10**6) == solver
+
+
+def test_auto_solver_at_the_default_num_sleep_is_exact():
+    """`solver="auto"` changes nothing at the learner's default num_sleep = 1000."""
+    assert solvers.choose_solver("auto", 1000) == "cholesky"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_auto_solver_gives_the_chosen_solvers_weights(mode, monkeypatch):
+    """`KernelRidge(solver="auto")` returns exactly the weights of the solver the threshold names, with that
+    solver's options (a threshold of 40 keeps the Nystrom side small)."""
+    monkeypatch.setattr(solvers, "AUTO_MAX_EXACT", 40)
+    for num_sleep, expected in ((40, {"solver": "cholesky"}), (41, {"solver": "nystrom", "num_inducing": 16})):
+        sleep_x, query_x = _data(num_sleep, 5)
+        auto = _weights(mode, sleep_x, query_x, solver="auto", num_inducing=16, num_features=8)
+        np.testing.assert_array_equal(auto, _weights(mode, sleep_x, query_x, **expected))
+
+
+def test_auto_solver_in_the_pure_function_takes_every_solvers_options():
+    sleep_x, query_x = _data(30, 4)
+    weights, _ = kernel_ridge_weights(sleep_x, query_x, bandwidth=BANDWIDTH, solver="auto", num_inducing=8,
+                                      num_features=16, seed=tf.constant([1, 0]))
+    expected, _ = kernel_ridge_weights(sleep_x, query_x, bandwidth=BANDWIDTH, solver="cholesky")
+    np.testing.assert_array_equal(weights, expected)

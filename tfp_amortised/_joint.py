@@ -57,6 +57,42 @@ def log_prob_parts(joint, named_value):
     return as_named(joint, joint.log_prob_parts(**named_value))
 
 
+def paired_log_prob(joint, sleep_sample, observations, observed):
+    """`log p(z_n, x_m)` of every sleep draw's latents `z_n` with every observation `x_m`: `Tensor[M, N]`.
+
+    An explicitly batched joint evaluates the pairs by broadcasting, latents as `[1, N, ...]` against observations
+    as `[M, 1, ...]`, in one `log_prob`. An AutoBatched joint vectorises `log_prob` over all `M N` pairs with
+    `tf.vectorized_map`, which runs any op it cannot vectorise (a `tf.gather` from a variable, for one) in a loop
+    of `M N` iterations. When the observed node is the model's last (no node depends on it), an AutoBatched
+    joint is instead run once over the `N` sleep draws (`sample_distributions` with the draws as values) and the
+    observed node's conditional distribution `p(x | z_n)`, of batch shape `[N]`, is evaluated at the
+    observations by broadcasting: `log p(z_n, x_m) = sum_latents log p(z_n) + log p(x_m | z_n)`, the same value
+    from `N` model evaluations.
+
+    Args:
+      joint: a `tfd.JointDistribution` with scalar batch shape.
+      sleep_sample: dict `{node name: Tensor[N, *event_shape]}`, every node (the observed node's values are not
+        paired).
+      observations: `Tensor[M, *event_shape]` of the node `observed`.
+      observed: name of the observed node.
+
+    Returns:
+      `Tensor[M, N]`, or a shape that broadcasts to it (an explicitly batched model whose log-density does not
+      depend on every pair).
+    """
+    names = node_names(joint)
+    if getattr(joint, "use_vectorized_map", False) and names[-1] == observed:
+        value = joint._model_unflatten([sleep_sample[name] for name in names])  # pylint: disable=protected-access
+        distributions, _ = joint.sample_distributions(value=value)
+        distributions = joint._model_flatten(distributions)  # pylint: disable=protected-access
+        prior = sum(distribution.log_prob(sleep_sample[name])
+                    for name, distribution in zip(names[:-1], distributions[:-1]))
+        return prior + distributions[-1].log_prob(tf.expand_dims(observations, 1))
+    paired = {name: value[tf.newaxis] for name, value in sleep_sample.items()}
+    paired[observed] = observations[:, tf.newaxis]
+    return log_prob(joint, paired)
+
+
 def stop_gradient(named_value):
     """Detaches every node of a `{node name: Tensor}` dict."""
     return {name: tf.stop_gradient(v) for name, v in named_value.items()}

@@ -117,11 +117,8 @@ def weighted_log_joint(joint, sleep_sample, weights, wake_x, *, observed="x", fo
     if form == "joint":
         log_joint = _joint.log_prob(joint, sleep_sample) if sleep_log_joint is None else sleep_log_joint  # [N]
         return tf.linalg.matvec(weights, tf.cast(log_joint, weights.dtype))
-    # Conditional form: every latent draw z_n paired with every wake observation x_m, by broadcasting
-    # latents as [1, N, ...] against observations as [M, 1, ...]; log p(z_n, x_m) has shape [M, N].
-    paired = {name: value[tf.newaxis] for name, value in sleep_sample.items()}
-    paired[observed] = tf.cast(wake_x, sleep_sample[observed].dtype)[:, tf.newaxis]
-    log_joint = _joint.log_prob(joint, paired)
+    # Conditional form: every latent draw z_n paired with every wake observation x_m; log p(z_n, x_m): [M, N].
+    log_joint = _joint.paired_log_prob(joint, sleep_sample, tf.cast(wake_x, sleep_sample[observed].dtype), observed)
     log_joint = tf.broadcast_to(log_joint, tf.shape(weights))
     return tf.reduce_sum(weights * tf.cast(log_joint, weights.dtype), axis=-1)
 
@@ -276,21 +273,21 @@ def held_out_targets(joint, fit, held_out, observed, form, variables, seed):
       `(fitted, target)`: `Tensor[N, K]` (joint form) or `Tensor[H, N, K]` (conditional form: `g_n(x_h)`), and
       `Tensor[H, K]`, detached.
     """
-    def values(named):
+    def values(named, log_density=_joint.log_prob):
         if variables is None:
-            return _joint.log_prob(_joint.resolve_joint(joint), named)[..., tf.newaxis]
-        return gradient_projections(joint, named, variables, seed)
+            return log_density(_joint.resolve_joint(joint), named)[..., tf.newaxis]
+        return gradient_projections(joint, named, variables, seed, log_density=log_density)
 
     if form == "joint":
         num_fit = tf.shape(fit[observed])[0]
         both = values({name: tf.concat([fit[name], held_out[name]], axis=0) for name in fit})
         return distributed.gather(both[:num_fit]), both[num_fit:]
-    paired = {name: distributed.gather(value)[tf.newaxis] for name, value in fit.items()}
-    paired[observed] = held_out[observed][:, tf.newaxis]  # g_n(x_h): latents [1, N] against observations [H, 1]
-    return values(paired), values(held_out)
+    fitted = values({name: distributed.gather(value) for name, value in fit.items()},  # g_n(x_h): [H, N, K]
+                    lambda built, sample: _joint.paired_log_prob(built, sample, held_out[observed], observed))
+    return fitted, values(held_out)
 
 
-def gradient_projections(joint, named_value, variables, seed, num_projections=2):
+def gradient_projections(joint, named_value, variables, seed, num_projections=2, *, log_density=_joint.log_prob):
     """Directional derivatives of the log-joint along random directions in parameter space, per sample.
 
     `t_bk = v_k . grad_theta log p_theta(value_b)` with `v_k ~ N(0, I)` over all parameters. Since
@@ -305,6 +302,8 @@ def gradient_projections(joint, named_value, variables, seed, num_projections=2)
       variables: list of the model's variables `theta` (Keras or TensorFlow variables).
       seed: stateless seed `int32[2]` of the directions.
       num_projections: number `K` of directions.
+      log_density: `(joint, named_value) -> Tensor[*batch]`, the log-density to differentiate: `log_prob` of the
+        values (default), or for instance `_joint.paired_log_prob` of sleep draws against observations.
 
     Returns:
       `Tensor[*batch, K]`, detached.
@@ -315,7 +314,7 @@ def gradient_projections(joint, named_value, variables, seed, num_projections=2)
                         f"type {type(joint).__name__}")
     with tf.GradientTape(persistent=True) as outer:
         with tf.GradientTape() as inner:
-            log_joint = _joint.log_prob(_joint.resolve_joint(joint), named_value)  # [*batch]
+            log_joint = log_density(_joint.resolve_joint(joint), named_value)  # [*batch]
         cotangent = tf.zeros_like(log_joint)
         outer.watch(cotangent)
         vjp = inner.gradient(log_joint, variables, output_gradients=cotangent,

@@ -1,9 +1,9 @@
-"""Fast Cholesky factorisation of symmetric positive-definite matrices, in TensorFlow ops only.
+"""Fast Cholesky factorisation and solve of symmetric positive-definite matrices, in TensorFlow ops only.
 
 On CPU `tf.linalg.cholesky` runs on one core, while `tf.matmul` uses them all. `cholesky` below is a
 right-looking blocked factorisation whose work is almost all in `tf.matmul`, so it is several times faster
 for the `N x N` Gram matrices of the exact kernel-ridge solver; `retrying_cholesky` adds TFP's diagonal-jitter
-retry on top of it.
+retry on top of it, and `cholesky_solve` is the blocked solve with the factor.
 """
 
 import numbers
@@ -147,6 +147,46 @@ def retrying_cholesky(matrix, jitter=None, max_iters=5, block_size=None):
     return factor_with_retries(matrix)
 
 
+def cholesky_solve(chol, rhs, block_size=None):
+    """`(L L^T)^{-1} B` from the lower Cholesky factor `L`: `tf.linalg.cholesky_solve`, by blocks on CPU.
+
+    Forward substitution `L Y = B` then back substitution `L^T X = Y`, one block of `b` rows at a time: each
+    block is a `b x b` triangular solve after subtracting the product of the rows already solved, a
+    `tf.matmul` that uses every core (`tf.linalg.triangular_solve` on CPU runs on one). Only the lower triangle
+    of `chol` is read; gradients follow by automatic differentiation.
+
+    Default rule, as `cholesky`'s forward: one call to `tf.linalg.cholesky_solve` up to `N = 768`, when `N` is not
+    known statically, on GPU and under XLA; blocks of 256 rows otherwise. Measured (2-core CPU shared with
+    other jobs, load average 15; median of 7 interleaved calls, float32, 164 right-hand sides):
+    `tf.linalg.cholesky_solve` / blocks of 256: N = 1000, 32 / 35 ms; 2000, 127 / 53 ms; 4000, 325 / 108 ms.
+
+    Args:
+      chol: `Tensor[..., N, N]`, lower triangular (what `cholesky` returns).
+      rhs: `Tensor[..., N, K]`.
+      block_size: rows per block, a positive int, or None for the rule above.
+
+    Returns:
+      `Tensor[..., N, K]`.
+    """
+    chol, rhs = _checked_matrix(chol), tf.convert_to_tensor(rhs)
+    blocks = _partitions(chol, block_size)[0]
+    if len(blocks) == 1:
+        return tf.linalg.cholesky_solve(chol, rhs)
+    solved = []  # forward substitution, L Y = B
+    for start, stop in blocks:
+        residual = rhs[..., start:stop, :]
+        if solved:
+            residual -= tf.matmul(chol[..., start:stop, :start], tf.concat(solved, axis=-2))
+        solved.append(tf.linalg.triangular_solve(chol[..., start:stop, start:stop], residual, lower=True))
+    result = []  # back substitution, L^T X = Y, from the last block up
+    for (start, stop), residual in zip(reversed(blocks), reversed(solved)):
+        if result:
+            residual -= tf.matmul(chol[..., stop:, start:stop], tf.concat(result, axis=-2), transpose_a=True)
+        result.insert(0, tf.linalg.triangular_solve(chol[..., start:stop, start:stop], residual, lower=True,
+                                                    adjoint=True))
+    return tf.concat(result, axis=-2)
+
+
 def _checked_matrix(matrix):
     """`matrix` as a `Tensor[..., N, N]`, or a ValueError naming its shape."""
     matrix = tf.convert_to_tensor(matrix)
@@ -170,15 +210,24 @@ def _partitions(matrix, block_size):
     num_rows = matrix.shape[-1]
     if num_rows is None or (block_size is None and _on_gpu(matrix)):
         return [(0, num_rows)], [(0, num_rows)]
-    blocks = _blocks(num_rows, block_size or _BLOCK_SIZE)
+    blocks = block_partition(num_rows, block_size)
     if block_size is None and (num_rows <= _MAX_UNBLOCKED_ROWS or _in_xla_context()):
         return [(0, num_rows)], blocks
     return blocks, blocks
 
 
-def _blocks(num_rows, block_size):
-    """`(start, stop)` of consecutive blocks of `block_size` rows, the last possibly shorter."""
-    return [(start, min(start + int(block_size), num_rows)) for start in range(0, num_rows, int(block_size))]
+def block_partition(num_rows, block_size=None):
+    """`(start, stop)` of consecutive blocks of `block_size` rows (default: `cholesky`'s), the last possibly shorter.
+
+    Args:
+      num_rows: `N`, a Python int.
+      block_size: rows per block, a positive int, or None for the block size of `cholesky`'s default rule.
+
+    Returns:
+      list of `(start, stop)` Python int pairs covering `range(N)`.
+    """
+    block_size = int(block_size or _BLOCK_SIZE)
+    return [(start, min(start + block_size, num_rows)) for start in range(0, num_rows, block_size)]
 
 
 def _in_xla_context():

@@ -16,7 +16,7 @@ Every setting has one name and one default, shared by the function and the layer
     bandwidth            "median"     the median heuristic on each sleep set, or a positive length scale
     ridge                1e-3         the regulariser lam > 0 (always a number); the Gram matrix gets N lam
     bandwidth_subsample  512          rows the median heuristic looks at
-    solver               "cholesky"   a key of tfp_amortised.solvers.SOLVERS
+    solver               "cholesky"   exact; "auto" for exact up to 1000 sleep samples and Nystrom above
     intercept            False        regress targets centred on their sleep mean
     learn                False        train the log bandwidth and log ridge online on held-out regression error
 """
@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_amortised.solvers import SOLVERS
+from tfp_amortised.solvers import SOLVER_NAMES, SOLVERS, choose_solver, options_for
 
 psd_kernels = tfp.math.psd_kernels
 
@@ -79,8 +79,8 @@ def check_settings(kernel=DEFAULTS["kernel"], bandwidth=DEFAULTS["bandwidth"], r
             and bandwidth_subsample >= 2):
         raise ValueError(
             f"bandwidth_subsample must be an integer >= 2. Received: bandwidth_subsample={bandwidth_subsample!r}")
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {sorted(SOLVERS)}. Received: solver={solver!r}")
+    if solver not in SOLVER_NAMES:
+        raise ValueError(f"solver must be one of {sorted(SOLVER_NAMES)}. Received: solver={solver!r}")
     if not isinstance(intercept, bool):
         raise ValueError(f"intercept must be True or False. Received: intercept={intercept!r}")
 
@@ -176,7 +176,9 @@ def kernel_ridge_weights(sleep_x, query_x, kernel=DEFAULTS["kernel"], bandwidth=
       kernel: a key of `KERNELS`.
       bandwidth: `"median"` for `median_bandwidth` on `bandwidth_subsample` sleep rows, or the length scale.
       ridge: scalar `lam > 0`.
-      solver: a key of `SOLVERS`; `solver_options` are passed on to it.
+      solver: a key of `SOLVERS`, whose options `solver_options` are passed on to it, or `"auto"` for the one
+        `tfp_amortised.solvers.choose_solver` picks for the static number of sleep rows (it is passed the
+        options it takes).
       bandwidth_subsample: subsample size of the median heuristic.
       intercept: whether to regress targets centred on their sleep mean, `f(x) = t_bar + sum_n alpha_n(x)
         (t_n - t_bar)`: the weights become `alpha_n + (1 - sum_k alpha_k) / N` and sum to one for each query.
@@ -191,6 +193,9 @@ def kernel_ridge_weights(sleep_x, query_x, kernel=DEFAULTS["kernel"], bandwidth=
     if isinstance(bandwidth, str):
         bandwidth = median_bandwidth(sleep_x, bandwidth_subsample)
     bandwidth = tf.cast(bandwidth, sleep_x.dtype)
+    if solver == "auto":
+        solver = choose_solver(solver, sleep_x.shape[0])
+        solver_options = options_for(solver, solver_options)
     weights, jitter = SOLVERS[solver](KERNELS[kernel](length_scale=bandwidth), sleep_x, query_x,
                                       tf.cast(ridge, sleep_x.dtype), **solver_options)
     if intercept:
@@ -283,8 +288,12 @@ class KernelRidge(keras.layers.Layer):
       ridge: the regulariser `lam > 0` (a number); the Gram matrix gets `N lam` on its diagonal.
       bandwidth_subsample: number of sleep points the median heuristic looks at.
       solver: `"cholesky"` (default; exact, `ridge_weights`), `"random_features"` (random Fourier features,
-        `random_feature_ridge_weights`) or `"nystrom"` (`nystrom_ridge_weights`). The two approximations
-        cost time and memory linear in `N`: use them beyond a few thousand sleep samples.
+        `random_feature_ridge_weights`), `"nystrom"` (`nystrom_ridge_weights`), or `"auto"`: exact up to
+        `tfp_amortised.solvers.AUTO_MAX_EXACT` (1000) sleep samples, Nystrom with `num_inducing` points above
+        (`tfp_amortised.solvers.choose_solver`, by the static `N` of each call; exact when `N` is unknown). The
+        two approximations cost time and memory linear in `N`: use them beyond a few thousand sleep samples. The
+        threshold of `"auto"` was measured on a model with one-dimensional observations; check the gradient error
+        of Nystrom on yours before relying on it (it is not the default for that reason).
       num_features: even number of random Fourier features (`solver="random_features"`).
       num_inducing: number of Nystrom inducing points (`solver="nystrom"`).
       seed: integer seed of the random Fourier frequencies; fixed, so every call uses the same frequencies
@@ -482,11 +491,9 @@ class KernelRidge(keras.layers.Layer):
         return tf.where(self.initialised > 0., learned, tf.broadcast_to(median, tf.shape(learned)))
 
     def _solver_options(self):
-        if self.solver == "random_features":
-            return {"num_features": self.num_features, "seed": tf.constant([self.seed, 0], tf.int32)}
-        if self.solver == "nystrom":
-            return {"num_inducing": self.num_inducing}
-        return {}
+        options = {"num_features": self.num_features, "seed": tf.constant([self.seed, 0], tf.int32),
+                   "num_inducing": self.num_inducing}
+        return options if self.solver == "auto" else options_for(self.solver, options)
 
     def compute_output_shape(self, sleep_x_shape, query_x_shape):
         return (query_x_shape[0], sleep_x_shape[0])

@@ -6,7 +6,7 @@ Each is a pure function `(kernel, sleep_x, query_x, ridge, ...) -> (weights [M, 
 
 exactly or through a low-rank approximation of the kernel:
 
-    cholesky          exact; O(N^2 D) Gram, O(N^3 / 3) Cholesky, O(N^2 M) solve, O(N^2) memory
+    cholesky          exact; O(N^2 D / 2) Gram (lower half), O(N^3 / 3) Cholesky, O(N^2 M) solve, O(N^2) memory
     random_features   k(x, y) ~ phi(x) . phi(y) with F random Fourier features; O(N F (D + F) + N M F)
     nystrom           k(x, y) ~ k(x, U) K_UU^{-1} k(U, y) on R inducing points; O(N R (D + R) + N M R)
 
@@ -33,8 +33,10 @@ _DEGREES_OF_FREEDOM = {
 def ridge_weights(kernel, sleep_x, query_x, ridge):
     """Kernel ridge weights `alpha = (K + N ridge I)^{-1} k(X, x)`, transposed to one row per query.
 
-    The factorisation is TFP's retrying Cholesky: a matrix that is not numerically positive definite is
-    retried with growing diagonal jitter, and the jitter used is returned.
+    The Gram matrix and the cross kernel come from one pass, `gram_and_cross` (the lower block columns of `K`
+    only, each computed with the queries' rows of the same columns); the factorisation is
+    `tfp_amortised.linalg.retrying_cholesky`, which reads only the lower triangle: a matrix that is not
+    numerically positive definite is retried with growing diagonal jitter, and the jitter used is returned.
 
     Args:
       kernel: a `tfp.math.psd_kernels.PositiveSemidefiniteKernel` with one feature dimension.
@@ -46,15 +48,68 @@ def ridge_weights(kernel, sleep_x, query_x, ridge):
       weights: `Tensor[M, N]`; `weights @ t` is the ridge prediction at each query for targets `t: [N, ...]`.
       jitter: scalar `Tensor`, the diagonal shift the Cholesky needed beyond `N ridge` (0 when none).
     """
-    return _cholesky_weights(kernel.matrix(sleep_x, sleep_x), kernel.matrix(sleep_x, query_x), ridge)
+    gram, cross = gram_and_cross(kernel, sleep_x, query_x)
+    return _cholesky_weights(gram, cross, ridge)
+
+
+def gram_and_cross(kernel, sleep_x, query_x, block_size=None):
+    """The lower block columns of the Gram matrix `K = k(X, X)` and the cross kernel `k(X, Q)`, in one pass.
+
+    The sleep rows are split into the blocks of `tfp_amortised.linalg.cholesky` (`linalg.block_partition`).
+    For each block column `[start, stop)` one kernel evaluation gives `k([X[start:]; Q], X[start:stop])`: the
+    Gram matrix on and below the diagonal block, and the queries' rows of the same columns. The blocks above
+    the diagonal blocks are never computed (zeros): about `N^2 / 2 + N M` kernel entries instead of
+    `N^2 + N M`. Every consumer reads only the lower triangle (`linalg.retrying_cholesky`), and the gradient
+    of an entry below the diagonal counts both of its mirror images (`_lower_triangle_gradient`), so the
+    gradient with respect to the kernel's inputs and parameters is that of the full symmetric matrix.
+    When `N` is not known statically, the whole matrix is computed (one kernel evaluation).
+
+    Args:
+      kernel: a `tfp.math.psd_kernels.PositiveSemidefiniteKernel` with one feature dimension.
+      sleep_x: `Tensor[N, D]`.
+      query_x: `Tensor[M, D]`.
+      block_size: rows per block column, or None for `cholesky`'s default.
+
+    Returns:
+      gram: `Tensor[N, N]`, equal to `K` on and below the diagonal blocks, zero above them.
+      cross: `Tensor[N, M]`, `k(X, Q)`.
+    """
+    num_sleep = sleep_x.shape[0]
+    if num_sleep is None:
+        both = kernel.matrix(tf.concat([sleep_x, query_x], axis=0), sleep_x)  # [N + M, N]
+        num_sleep = tf.shape(sleep_x)[0]
+        return both[:num_sleep], tf.transpose(both[num_sleep:])
+    gram_columns, cross_columns = [], []
+    for start, stop in linalg.block_partition(num_sleep, block_size):
+        column = kernel.matrix(tf.concat([sleep_x[start:], query_x], axis=0), sleep_x[start:stop])
+        gram_columns.append(tf.pad(column[:num_sleep - start], [[start, 0], [0, 0]]))
+        cross_columns.append(column[num_sleep - start:])
+    gram = _lower_triangle_gradient(tf.concat(gram_columns, axis=1))
+    return gram, tf.transpose(tf.concat(cross_columns, axis=1))
+
+
+@tf.custom_gradient
+def _lower_triangle_gradient(matrix):
+    """Identity on `matrix: [N, N]` standing for the symmetric matrix of its lower triangle.
+
+    A function of the symmetric matrix passes back a symmetric gradient `G`; the entry `(i, j)`, `i > j`, stands
+    for both `(i, j)` and `(j, i)`, so its gradient is `2 G_ij`, the diagonal's `G_ii`, and entries above the
+    diagonal get none.
+    """
+    def gradient(upstream):
+        doubled = tf.linalg.band_part(upstream + tf.linalg.matrix_transpose(upstream), -1, 0)
+        return tf.linalg.set_diag(doubled, tf.linalg.diag_part(upstream))
+
+    return tf.identity(matrix), gradient
 
 
 def _cholesky_weights(gram, cross, ridge):
-    """`(gram + N ridge I)^{-1} cross`, transposed, and the jitter: `gram: [N, N]`, `cross: [N, M]` -> `[M, N]`."""
+    """`(gram + N ridge I)^{-1} cross`, transposed, and the jitter: `gram: [N, N]` (its lower triangle is read),
+    `cross: [N, M]` -> `[M, N]`."""
     num_sleep = tf.cast(tf.shape(gram)[0], gram.dtype)
     gram = tf.linalg.set_diag(gram, tf.linalg.diag_part(gram) + num_sleep * ridge)
     chol, jitter = linalg.retrying_cholesky(gram)
-    return tf.transpose(tf.linalg.cholesky_solve(chol, cross)), jitter
+    return tf.transpose(linalg.cholesky_solve(chol, cross)), jitter
 
 
 def feature_ridge_weights(sleep_features, query_features, ridge):
@@ -86,7 +141,7 @@ def feature_ridge_weights(sleep_features, query_features, ridge):
     precision = tf.matmul(sleep_features, sleep_features, transpose_a=True)  # [F, F]
     precision = tf.linalg.set_diag(precision, tf.linalg.diag_part(precision) + num_sleep * ridge)
     chol, jitter = linalg.retrying_cholesky(precision)
-    coefficients = tf.linalg.cholesky_solve(chol, tf.transpose(query_features))  # [F, M]
+    coefficients = linalg.cholesky_solve(chol, tf.transpose(query_features))  # [F, M]
     return tf.matmul(coefficients, sleep_features, transpose_a=True, transpose_b=True), jitter
 
 
@@ -208,3 +263,54 @@ SOLVERS = {
     "random_features": random_feature_ridge_weights,
     "nystrom": nystrom_ridge_weights,
 }
+SOLVER_NAMES = (*SOLVERS, "auto")
+"""Accepted `solver` settings: a key of `SOLVERS`, or `"auto"` (`choose_solver`)."""
+
+AUTO_MAX_EXACT = 1000
+"""`solver="auto"` solves exactly up to this many sleep samples, and by `AUTO_APPROXIMATION` above (measurements
+in `choose_solver`)."""
+AUTO_APPROXIMATION = "nystrom"
+
+# Which options each solver takes (beyond kernel, sleep_x, query_x, ridge).
+_OPTIONS = {"cholesky": (), "random_features": ("num_features", "seed"), "nystrom": ("num_inducing",)}
+
+
+def choose_solver(solver, num_sleep):
+    """The solver to run for `solver` and `N` sleep samples: `solver` itself, or for `"auto"` a key of `SOLVERS`.
+
+    `"auto"` is the exact `"cholesky"` up to `AUTO_MAX_EXACT` sleep samples (and when `N` is not known
+    statically), and `AUTO_APPROXIMATION` (Nystrom, 512 inducing points by default) above, where it was faster at
+    the same gradient error. Measured on a 2-core CPU shared with other jobs (load average 9-14), float32:
+    median process CPU seconds of the learner's train step on the binary-image model of
+    `benchmarks/step_speed.py` (M = 100, 64 held-out samples; 5 interleaved repeats), and the median relative
+    error of the softplus model's gradient (`benchmarks/step_speed.py`), exact / Nystrom R = 512 / random
+    features F = 1024:
+
+        N      step CPU s               gradient error
+        500    0.061 / 0.073 / 0.066    0.0634 / 0.0635 / 0.0604
+        1000   0.122 / 0.122 / 0.134    0.0304 / 0.0304 / 0.0353
+        1500   0.185 / 0.156 / 0.173    0.0403 / 0.0403 / 0.0392
+        2000   0.291 / 0.218 / 0.236    0.0313 / 0.0313 / 0.0343
+        3000   0.511 / 0.313 / 0.336    0.0295 / 0.0295 / 0.0310
+
+    Nystrom's error equals the exact solver's at every N here (the softplus observation is 1-D, where 512
+    inducing points are nearly exact; on high-dimensional observations it is larger), so the threshold is
+    where its step became cheaper: a tie at 1000, 16% cheaper at 1500. `python -m benchmarks.step_speed
+    --only auto` measures it again, to N = 50 000.
+
+    Args:
+      solver: a name in `SOLVER_NAMES`.
+      num_sleep: `N`, a Python int, or None when unknown.
+
+    Returns:
+      A key of `SOLVERS`.
+    """
+    if solver != "auto":
+        return solver
+    return "cholesky" if num_sleep is None or num_sleep <= AUTO_MAX_EXACT else AUTO_APPROXIMATION
+
+
+def options_for(solver, options):
+    """The entries of `options` that `solver` (a key of `SOLVERS`) takes: `"auto"` passes every solver's options,
+    and each chosen solver keeps its own."""
+    return {name: value for name, value in options.items() if name in _OPTIONS[solver]}
