@@ -19,10 +19,10 @@ is no `z` output. (Ridge estimates are not constrained to [0, 1]: they may fall 
 only with `KernelRidge(intercept=True)`.)
 
 on a sleep set `(z_n, x_n)` drawn at export time and stored in the SavedModel (variable collection
-`sleep_set`), by a copy of the learner's `KernelRidge` regression (same kernel, solver, `lam` and feature map, the map shared
-with the learner) whose bandwidth is frozen at its export-time value: the median heuristic on the stored set's
-kernel inputs, or the fixed bandwidth. With the exact solver (the default up to 1000 sleep samples) each call factorises the `N x N` Gram
-matrix, O(N^3 / 3).
+`sleep_set`), by a copy of the learner's `KernelRidge` regression (same kernel, solver, `lam` and feature map,
+the map shared with the learner) whose bandwidth is frozen at its export-time value: the median heuristic on the
+stored set's kernel inputs, or the fixed bandwidth. With the exact solver (the default) each call factorises the
+`N x N` Gram matrix, O(N^3 / 3).
 """
 
 import keras
