@@ -13,8 +13,9 @@ def _python_blocks():
     return re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.DOTALL)
 
 
-def test_usage_example_trains_and_answers():
-    usage, estimator = _python_blocks()[:2]
+def test_usage_example_trains_and_answers(tmp_path, monkeypatch):
+    usage = _python_blocks()[0]
+    estimator = _block_containing("surrogate_log_marginal(model.joint_distribution, x_batch")
     x = np.random.default_rng(0).normal(size=[400, 2]).astype(np.float32) + np.array([[2., 0.]], np.float32)
     namespace = {"x_train": x[:300], "x_test": x[300:]}
     exec(usage.replace("epochs=20", "epochs=1").replace("num_sleep=1000", "num_sleep=200"), namespace)  # pylint: disable=exec-used
@@ -28,6 +29,12 @@ def test_usage_example_trains_and_answers():
     namespace.update(model=namespace["learner"].generative_model, x_batch=namespace["x_test"][:8])
     exec(estimator.replace("num_sleep=2000", "num_sleep=200"), namespace)  # pylint: disable=exec-used
     assert [g.shape for g in namespace["per_point"]] == [[8, 3], [8, 3, 2]]
+
+    # The monitoring example: early stopping, the best checkpoint and TensorBoard on val_log_likelihood.
+    monkeypatch.chdir(tmp_path)
+    namespace["x_val"] = x[300:]
+    exec(_block_containing("val_log_likelihood").replace("epochs=100", "epochs=2"), namespace)  # pylint: disable=exec-used
+    assert (tmp_path / "best.keras").exists() and any((tmp_path / "logs").rglob("*.v2"))
 
 
 def _block_containing(text):
