@@ -222,3 +222,16 @@ def test_a_learner_step_is_the_surrogate_of_the_function_api(form, num_holdout):
     learner.fit(x, batch_size=40, epochs=1, shuffle=False, verbose=0)
     for old, new, gradient in zip(before, model.trainable_variables, gradients):
         np.testing.assert_allclose(old - new.numpy(), gradient, rtol=1e-5, atol=1e-6)  # tf.function vs eager
+
+
+def test_a_gathered_weight_gets_the_dense_adam_update():
+    """The mixture's means reach the log-density through a gather at sampled components: their gradient is an
+    IndexedSlices with repeated indices. Adam's first step must be the dense one, `lr * g / (|g| + eps)`, i.e.
+    +-lr for every entry with a gradient (0.1.0 behaviour; Keras' sparse Adam gave steps up to 3.6 lr)."""
+    model = GaussianMixtureModel(num_components=3, data_dim=2, scale=1.5, seed=4)
+    _, x = _mixture_data(100)
+    learner = AmortisedLearner(model, num_sleep=500, form="conditional", seed=0)
+    learner.compile(optimizer=keras.optimizers.Adam(0.05))
+    before = model.means.numpy()
+    learner.train_on_batch(x)
+    np.testing.assert_allclose(np.abs(model.means.numpy() - before), 0.05, rtol=1e-3)

@@ -114,7 +114,10 @@ class Learner(keras.Model):
         seed = self.seed_generator.next()
         with tf.GradientTape() as tape:
             loss, logs = self.objective(wake_x, seed)
-        gradients = tape.gradient(loss, self.trainable_variables)
+        # Dense gradients: a gather from a weight (a mixture's means at sampled components) gives IndexedSlices with
+        # repeated indices, for which Keras' sparse Adam squares each slice before summing, not the sum.
+        gradients = [None if g is None else tf.convert_to_tensor(g)
+                     for g in tape.gradient(loss, self.trainable_variables)]
         valid, finite = _agree(wake_x, valid, [loss, *gradients])
         self.apply_if(valid & finite, gradients, logs)
         return self.update_metrics(logs, valid & finite, valid)
