@@ -452,16 +452,21 @@ def plot(problem_list, gradient_results, curves, args, path):
                     lows.append(gaps.mean() - gaps.min())
                     highs.append(gaps.max() - gaps.mean())
                     colours.append(f"C{index}")
-        positions = np.arange(len(labels))
-        axis.errorbar(positions, means, yerr=[lows, highs], fmt="none", ecolor="k", capsize=2)
-        axis.scatter(positions, means, c=colours, zorder=3)
-        axis.axhspan(-1., 1., color="0.85", zorder=0, label="goal (|gap| <= 0.01 nats/obs., 0.2 nats/series)")
-        axis.set_xticks(positions, labels, rotation=90, fontsize=6)
-        axis.set_yscale("symlog", linthresh=1.)
-        axis.set(ylabel="(learner - oracle) / goal", title="(b) final held-out log-likelihood: amortised minus "
-                 "exact-gradient learner (mean, min-max over seeds; j/c = form)")
-        axis.legend(fontsize=7)
+        _plot_gaps(axis, labels, means, lows, highs, colours)
     save_figure(figure, path)
+
+
+def _plot_gaps(axis, labels, means, lows, highs, colours):
+    """Panel (b): each setting's mean gap to the oracle in units of the goal, with its min-max bar."""
+    positions = np.arange(len(labels))
+    axis.errorbar(positions, means, yerr=[lows, highs], fmt="none", ecolor="k", capsize=2)
+    axis.scatter(positions, means, c=colours, zorder=3)
+    axis.axhspan(-1., 1., color="0.85", zorder=0, label="goal (|gap| <= 0.01 nats/obs., 0.2 nats/series)")
+    axis.set_xticks(positions, labels, rotation=90, fontsize=6)
+    axis.set_yscale("symlog", linthresh=1.)
+    axis.set(ylabel="(learner - oracle) / goal", title="(b) final held-out log-likelihood: amortised minus "
+             "exact-gradient learner (mean, min-max over seeds; j/c = form)")
+    axis.legend(fontsize=7)
 
 
 def _last_tables(text):
@@ -530,15 +535,7 @@ def plot_from_logs(paths, path):
             lows.append(mean - low)
             highs.append(high - mean)
             colours.append(f"C{names.index(row[0])}")
-        positions = np.arange(len(labels))
-        axis.errorbar(positions, means, yerr=[lows, highs], fmt="none", ecolor="k", capsize=2)
-        axis.scatter(positions, means, c=colours, zorder=3)
-        axis.axhspan(-1., 1., color="0.85", zorder=0, label="goal (|gap| <= 0.01 nats/obs., 0.2 nats/series)")
-        axis.set_xticks(positions, labels, rotation=90, fontsize=6)
-        axis.set_yscale("symlog", linthresh=1.)
-        axis.set(ylabel="(learner - oracle) / goal", title="(b) final held-out log-likelihood: amortised minus "
-                 "exact-gradient learner (mean, min-max over seeds; j/c = form)")
-        axis.legend(fontsize=7)
+        _plot_gaps(axis, labels, means, lows, highs, colours)
     save_figure(figure, path)
 
 
