@@ -118,8 +118,7 @@ class AmortisedLearner(Learner):
         """Keras loading hook: compiles with both optimisers of `get_compile_config()` and builds them."""
         config = keras.saving.deserialize_keras_object(config)
         self.compile(**config)
-        self.optimizer.build(self._model_variables())
-        self.regression_optimizer.build(self.regression.trainable_variables)
+        self.build_optimizers()
 
     def objective(self, wake_x, seed):
         """`amortised_step` on the wake batch: its loss (plus the held-out regression loss when the regression
@@ -140,11 +139,10 @@ class AmortisedLearner(Learner):
 
     def apply_gradients(self, gradients):
         """The model's gradients with `optimizer`, the learning regression's with `regression_optimizer`."""
-        regression_ids = {id(variable) for variable in self.regression.trainable_variables}
         pairs = list(zip(gradients, self.trainable_variables))
-        self.optimizer.apply_gradients([(g, v) for g, v in pairs if id(v) not in regression_ids])
-        if regression_ids:
-            self.regression_optimizer.apply_gradients([(g, v) for g, v in pairs if id(v) in regression_ids])
+        self.optimizer.apply_gradients([(g, v) for g, v in pairs if not self._is_hyperparameter(v)])
+        if self.regression.trainable_variables:
+            self.regression_optimizer.apply_gradients([(g, v) for g, v in pairs if self._is_hyperparameter(v)])
 
     def build_optimizers(self):
         """Builds the model's optimiser on the model's variables and the regression's on its hyperparameters."""
@@ -154,8 +152,11 @@ class AmortisedLearner(Learner):
             self.regression_optimizer.build(self.regression.trainable_variables)
 
     def _model_variables(self):
-        regression_ids = {id(variable) for variable in self.regression.trainable_variables}
-        return [v for v in self.trainable_variables if id(v) not in regression_ids]
+        return [v for v in self.trainable_variables if not self._is_hyperparameter(v)]
+
+    def _is_hyperparameter(self, variable):
+        """Whether `variable` is one of the learning regression's trainable hyperparameters."""
+        return any(variable is hyperparameter for hyperparameter in self.regression.trainable_variables)
 
     def fit(self, x=None, *args, **kwargs):
         """`Learner.fit`, after starting a learning regression from the median heuristic on a sleep set."""
@@ -175,8 +176,7 @@ class AmortisedLearner(Learner):
             return
         with self.distribute_strategy.scope():
             self.regression.initialise(self.sample(self.num_sleep, seed=[0, 1])[self.observed])
-            if not self.regression_optimizer.built:
-                self.regression_optimizer.build(self.regression.trainable_variables)
+            self.build_optimizers()
 
     def sample(self, num_samples, seed=None):
         """Draws `num_samples` from the model: dict `{node name: Tensor[num_samples, *event_shape]}`.
