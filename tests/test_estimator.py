@@ -344,3 +344,26 @@ def test_autobatched_conditional_step_equals_the_batched_one():
         results.append([surrogate, *tape.jacobian(surrogate, [logits, means])])
     for autobatched, batched in zip(*results):
         np.testing.assert_allclose(autobatched, batched, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("form", ["joint", "conditional"])
+def test_measuring_the_held_out_error_changes_neither_the_sleep_set_nor_the_surrogate(form):
+    """The training step of a fixed regression skips the held-out error (`held_out_error=False`): the held-out
+    samples are still drawn, so the surrogate and its gradient are those of the measured step (to float32 rounding:
+    the solve has fewer right-hand sides)."""
+    from tfp_amortised import amortised_step  # pylint: disable=import-outside-toplevel
+    model = FactorAnalysisModel(latent_dim=1, data_dim=2, seed=1)
+    x = model.joint_distribution().sample(20, seed=(3, 4))[1]
+    steps, gradients = [], []
+    for held_out_error in (True, False):
+        with tf.GradientTape() as tape:
+            step = amortised_step(model.joint_distribution, x, num_sleep=150, seed=[5, 6], form=form, num_holdout=32,
+                                  variables=model.trainable_variables, held_out_error=held_out_error)
+        steps.append(step)
+        gradients.append(tape.gradient(step.loss, model.trainable_variables))
+    measured, skipped = steps
+    np.testing.assert_allclose(measured.surrogate, skipped.surrogate, rtol=1e-5)
+    for with_error, without in zip(*gradients):
+        np.testing.assert_allclose(with_error, without, rtol=1e-5, atol=1e-6)
+    assert "ridge_r2" in measured.diagnostics and "ridge_r2" not in skipped.diagnostics
+    assert float(skipped.regression_loss) == 0. and 0. < float(measured.regression_loss) < 1.

@@ -310,22 +310,28 @@ def test_ridge_r2_is_not_logged_without_held_out_samples(learner):
     assert "ridge_r2" not in history.history and "bandwidth" in history.history
 
 
+@pytest.mark.parametrize("validation", [False, True], ids=["measured_at_end", "validation"])
 @pytest.mark.parametrize("regression", [KernelRidge(bandwidth=1e-10), KernelRidge(bandwidth=1e10),
                                         KernelRidge(ridge=1e36)], ids=["tiny_bandwidth", "huge_bandwidth", "huge_ridge"])
-def test_a_regression_that_explains_nothing_is_named_after_fit(regression):
+def test_a_regression_that_explains_nothing_is_named_after_fit(regression, validation):
     """Accepted values that make the estimate meaningless (each sleep point its own island, all points alike, every
-    weight zero) leave the held-out R^2 at or below 0: `fit` warns, naming the hyperparameters."""
+    weight zero) leave the held-out R^2 at or below 0: `fit` warns, naming the hyperparameters, from
+    `val_ridge_r2` with validation data, else from one evaluation step at the end (a fixed regression's training
+    steps do not measure it)."""
     from tfp_amortised.learner import RegressionWarning  # pylint: disable=import-outside-toplevel
     model = FactorAnalysisModel(1, 2, seed=1)
     learner = AmortisedLearner(model, num_sleep=64, num_holdout=32, regression=regression, seed=3)
     learner.compile(optimizer=keras.optimizers.Adam(0.01))
     x = model.joint_distribution().sample(32, seed=[1, 2])[1].numpy()
     with pytest.warns(RegressionWarning, match="ridge_r2=.*Bandwidth: .*ridge: "):
-        history = learner.fit(x, batch_size=32, epochs=1, verbose=0)
-    assert history.history["ridge_r2"][0] < 0.05
+        history = learner.fit(x, batch_size=32, epochs=1, verbose=0, validation_data=x if validation else None)
+    assert "ridge_r2" not in history.history
+    if validation:
+        assert history.history["val_ridge_r2"][0] < 0.05
 
 
-def test_a_working_regression_gives_no_warning():
+@pytest.mark.parametrize("validation", [False, True], ids=["measured_at_end", "validation"])
+def test_a_working_regression_gives_no_warning(validation):
     import warnings as python_warnings  # pylint: disable=import-outside-toplevel
     from tfp_amortised.learner import RegressionWarning  # pylint: disable=import-outside-toplevel
     model = FactorAnalysisModel(1, 2, seed=1)
@@ -334,5 +340,6 @@ def test_a_working_regression_gives_no_warning():
     x = model.joint_distribution().sample(64, seed=[1, 2])[1].numpy()
     with python_warnings.catch_warnings():
         python_warnings.simplefilter("error", RegressionWarning)
-        history = learner.fit(x, batch_size=64, epochs=1, verbose=0)
-    assert history.history["ridge_r2"][0] > 0.05
+        history = learner.fit(x, batch_size=64, epochs=1, verbose=0, validation_data=x if validation else None)
+    if validation:
+        assert history.history["val_ridge_r2"][0] > 0.05

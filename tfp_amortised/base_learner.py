@@ -30,8 +30,8 @@ class Learner(keras.Model):
     """Base class of the learners: trains a generative model by minimising a subclass's `objective`.
 
     `train_step` draws a stateless step seed from the learner's training `keras.random.SeedGenerator`, evaluates
-    `objective(wake_x, seed)` inside a `tf.GradientTape`, and applies the gradient of its loss to every trainable
-    variable. `test_step` evaluates the objective only, with seeds from a second, evaluation stream that `sample`,
+    `objective(wake_x, seed, training=True)` inside a `tf.GradientTape`, and applies the gradient of its loss to every trainable
+    variable. `test_step` evaluates the objective only (`training=False`), with seeds from a second, evaluation stream that `sample`,
     `posterior_expectation` and `bound` also draw from: what else the learner is asked never changes training.
 
     Skipped steps: a step is skipped, leaving the weights, the optimiser state (moments, `iterations`) and
@@ -81,18 +81,20 @@ class Learner(keras.Model):
         """The generative model's current `tfd.JointDistribution`."""
         return self.generative_model.joint_distribution()
 
-    def objective(self, wake_x, seed):
+    def objective(self, wake_x, seed, training=True):
         """The loss to minimise and the values to log, for a batch `wake_x: [M, *event_shape]`.
 
         Args:
           wake_x: `Tensor[M, *event_shape]` observations, checked against the observed node.
           seed: stateless seed `[2]` of this step.
+          training: True in `train_step`, False in `test_step` (evaluation and validation), where a subclass may
+            compute diagnostics that the update does not need.
 
         Returns:
           `(loss, logs)`: a scalar `Tensor` to differentiate (under a `tf.distribute` strategy, this replica's
           share: the replicas' losses add up to the global loss) and a dict `{metric name: scalar Tensor}`.
         """
-        raise NotImplementedError(f"{type(self).__name__} must implement objective(wake_x, seed).")
+        raise NotImplementedError(f"{type(self).__name__} must implement objective(wake_x, seed, training).")
 
     def after_train_step(self, logs):
         """Hook run after the gradient step with the objective's logs; nothing by default."""
@@ -113,7 +115,7 @@ class Learner(keras.Model):
         wake_x, valid = self.step_batch(data)
         seed = self.seed_generator.next()
         with tf.GradientTape() as tape:
-            loss, logs = self.objective(wake_x, seed)
+            loss, logs = self.objective(wake_x, seed, training=True)
         # Dense gradients: a gather from a weight (a mixture's means at sampled components) gives IndexedSlices with
         # repeated indices, for which Keras' sparse Adam squares each slice before summing, not the sum.
         gradients = [None if g is None else tf.convert_to_tensor(g)
@@ -124,7 +126,7 @@ class Learner(keras.Model):
 
     def test_step(self, data):
         wake_x, valid = self.step_batch(data)
-        loss, logs = self.objective(wake_x, self.next_seed(None))
+        loss, logs = self.objective(wake_x, self.next_seed(None), training=False)
         valid, finite = _agree(wake_x, valid, [loss])
         return self.update_metrics(logs, valid & finite, valid)
 
@@ -155,7 +157,8 @@ class Learner(keras.Model):
         tf.distribute.get_replica_context().merge_call(cross_replica, args=(apply, gradients, logs))
 
     def update_metrics(self, logs, applied=True, valid=True):
-        """Adds a step's values to the trackers; returns every tracker's result as `fit` logs.
+        """Adds a step's values to the trackers; returns as `fit` logs the results of the trackers the step logs
+        (a metric the objective computes only in evaluation is not reported as 0 in training) and the skip counts.
 
         Args:
           logs: dict `{metric name: scalar Tensor}` of the step (the `objective`'s).
@@ -171,7 +174,8 @@ class Learner(keras.Model):
                                      sample_weight=tf.cast(applied, value.dtype))
         self.trackers["skipped_steps"].update_state(once * (1. - tf.cast(applied, tf.float32)))
         self.trackers["invalid_batches"].update_state(once * (1. - tf.cast(valid, tf.float32)))
-        return distributed.as_logs({name: tracker.result() for name, tracker in self.trackers.items()})
+        names = [name for name in self.trackers if name in logs or name in SKIP_METRICS]
+        return distributed.as_logs(dict(zip(names, _global_results([self.trackers[name] for name in names]))))
 
     def step_batch(self, data):
         """The observations of a `fit` batch for a step, and whether the batch is valid.
@@ -289,6 +293,19 @@ def _refuse_sample_weight(learner, sample_weight):
     if sample_weight is not None:
         raise ValueError(f"{type(learner).__name__} does not weight data points: pass the observations only. "
                          "Received: sample_weight")
+
+
+def _global_results(trackers):
+    """The results of `Mean` and `Sum` trackers over every replica: `fit` averages the replicas' logs, and a
+    replica's tracker holds only its own updates. One all-reduce of the local totals and counts; with one replica,
+    the trackers' results."""
+    _, num_replicas = distributed.replica_id_and_count()
+    if num_replicas == 1:
+        return [tracker.result() for tracker in trackers]
+    parts = distributed.total(tf.stack([[tf.cast(tracker.total, tf.float32),
+                                         tf.cast(getattr(tracker, "count", 1.), tf.float32)] for tracker in trackers]))
+    return [parts[i, 0] if isinstance(tracker, keras.metrics.Sum) else tf.math.divide_no_nan(parts[i, 0], parts[i, 1])
+            for i, tracker in enumerate(trackers)]
 
 
 def _agree(wake_x, valid, values):

@@ -96,7 +96,7 @@ def check_finite_sample(sample):
                              f"{value.dtype.name}.")
 
 
-def weighted_log_joint(joint, sleep_sample, weights, wake_x, *, observed="x", form="joint", sleep_log_joint=None):
+def weighted_log_joint(joint, sleep_sample, weights, wake_x, *, observed="x", form="joint"):
     """The surrogate `s_m` of each wake point from sleep samples and ridge weights already computed.
 
     Args:
@@ -106,8 +106,6 @@ def weighted_log_joint(joint, sleep_sample, weights, wake_x, *, observed="x", fo
       wake_x: `Tensor[M, *event_shape]`, observations of the node named `observed`.
       observed: name of the observed node.
       form: `"joint"` or `"conditional"` (see module docstring).
-      sleep_log_joint: optional `Tensor[N]`, `log p(z_n, x_n)` of the sleep samples when the caller has already
-        computed it (inside the same tape); the joint form then reuses it instead of evaluating it again.
 
     Returns:
       `Tensor[M]`.
@@ -115,7 +113,7 @@ def weighted_log_joint(joint, sleep_sample, weights, wake_x, *, observed="x", fo
     check_form(form)
     weights = tf.stop_gradient(weights)
     if form == "joint":
-        log_joint = _joint.log_prob(joint, sleep_sample) if sleep_log_joint is None else sleep_log_joint  # [N]
+        log_joint = _joint.log_prob(joint, sleep_sample)  # [N]
         return tf.linalg.matvec(weights, tf.cast(log_joint, weights.dtype))
     # Conditional form: every latent draw z_n paired with every wake observation x_m; log p(z_n, x_m): [M, N].
     log_joint = _joint.paired_log_prob(joint, sleep_sample, tf.cast(wake_x, sleep_sample[observed].dtype), observed)
@@ -124,7 +122,7 @@ def weighted_log_joint(joint, sleep_sample, weights, wake_x, *, observed="x", fo
 
 
 def amortised_step(joint, wake_x, *, num_sleep, seed, observed="x", regression=None, form="joint", num_holdout=0,
-                   variables=None, log_likelihood=False):
+                   variables=None, log_likelihood=False, held_out_error=True):
     """One step of amortised learning: sleep, ridge weights, weighted log-joint and diagnostics (Wenliang et al.).
 
     Draws `num_sleep + num_holdout` detached sleep samples with `seed`, computes kernel ridge weights from the
@@ -148,9 +146,10 @@ def amortised_step(joint, wake_x, *, num_sleep, seed, observed="x", regression=N
     sleep set (`tfp_amortised.distributed`). With one replica this is the plain single-device step.
 
     Cost: `N` (joint form) or `M N` (conditional form) log-density terms, an `N x N` Gram matrix and one
-    Cholesky factorisation, O(N^3 / 3), for the default exact solver; with `variables` and held-out samples, one
-    more log-density pass over the `N + H` sleep samples (`H x N` pairs in the conditional form) with a double
-    backward pass (`gradient_projections`).
+    Cholesky factorisation, O(N^3 / 3), for the default exact solver. Measuring the held-out error with
+    `variables` costs one more log-density pass over the `N + H` sleep samples (`H x N` pairs in the conditional
+    form) with a double backward pass (`gradient_projections`); `AmortisedLearner` pays it in training only when
+    the regression learns from it, and in evaluation.
 
     Args:
       joint: a `tfd.JointDistribution` (Coroutine, Sequential or Named; batched or AutoBatched) with scalar
@@ -168,6 +167,9 @@ def amortised_step(joint, wake_x, *, num_sleep, seed, observed="x", regression=N
       variables: None, or the model's trainable variables, whose gradient the held-out targets project.
       log_likelihood: also estimate `log p(x_m)` from the step's sleep samples, at `M (N + H)` more log-density
         terms (`prior_log_likelihood`), as the diagnostic `log_likelihood` (mean over the wake points).
+      held_out_error: measure the regression's held-out error (`ridge_r2`, `regression_loss`) on the `H`
+        held-out samples. With False they are still drawn, so the sleep set and the surrogate do not depend on
+        it, but not used: `regression_loss` is 0 and `ridge_r2` is absent.
 
     Returns:
       `AmortisedStep(surrogate [M], loss [], diagnostics {name: []}, regression_loss [])`.
@@ -185,14 +187,13 @@ def amortised_step(joint, wake_x, *, num_sleep, seed, observed="x", regression=N
     fit = {name: value[:num_local] for name, value in sample.items()}
     wake_x = tf.cast(check_wake_x(wake_x, sample[observed], observed), sample[observed].dtype)
     wake_x = tf.ensure_shape(wake_x, [None, *sample[observed].shape[1:]])  # distributed batches lose it
-    queries = tf.concat([wake_x, sample[observed][num_local:]], axis=0)  # wake, then held-out sleep
+    measure = bool(num_holdout) and held_out_error
+    queries = tf.concat([wake_x, sample[observed][num_local:]], axis=0) if measure else wake_x  # then held-out
     weights, regression_diagnostics = regression_weights(regression, distributed.gather(fit[observed]), queries)
     num_wake = tf.shape(wake_x)[0]
     all_weights = distributed.gather(weights[:num_wake])  # [M, N]: every replica's wake rows
-    log_joint = _joint.log_prob(joint, sample) if form == "joint" or num_holdout else None  # [N_r + H]
     surrogate = weighted_log_joint(joint, fit, distributed.own_columns(all_weights, num_local),
-                                   distributed.gather(wake_x), observed=observed, form=form,
-                                   sleep_log_joint=None if log_joint is None else log_joint[:num_local])
+                                   distributed.gather(wake_x), observed=observed, form=form)
     loss = -tf.reduce_sum(surrogate) / tf.cast(tf.shape(surrogate)[0], surrogate.dtype)
     diagnostics = {"bandwidth": tf.reduce_mean(regression_diagnostics.bandwidth),
                    "jitter": regression_diagnostics.jitter}
@@ -200,7 +201,7 @@ def amortised_step(joint, wake_x, *, num_sleep, seed, observed="x", regression=N
         diagnostics["log_likelihood"] = tf.reduce_mean(
             prior_log_likelihood(joint, sample, distributed.gather(wake_x), observed=observed))
     held_out_loss = tf.zeros([], weights.dtype)
-    if num_holdout:
+    if measure:
         held_out = {name: value[num_local:] for name, value in sample.items()}
         fitted, target = held_out_targets(joint_fn, fit, held_out, observed, form, variables,
                                           tf.random.experimental.stateless_fold_in(step_seed, 1))

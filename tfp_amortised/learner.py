@@ -27,17 +27,18 @@ class AmortisedLearner(Learner):
     3. update: inside a `tf.GradientTape`, the surrogate `s_m` (`form` "joint" or "conditional"), and one
        optimiser step on `-mean_m s_m`, whose gradient estimates `-mean_m grad log p_theta(x_m)`.
 
-    Metrics each step: `log_likelihood`, the mean `log p_theta(x_m)` over the batch: exact where the model has a
+    Metrics: `log_likelihood`, the mean `log p_theta(x_m)` over the batch: exact where the model has a
     `log_marginal(x)` that evaluates on model samples at construction (a model whose configuration has no closed
-    form raises NotImplementedError or ValueError there), else the prior importance-sampling estimate
-    `log (1/N') sum_n p(x_m | z_n)` over the step's `N' = num_sleep + num_holdout` sleep latents
-    (`estimator.prior_log_likelihood`, a lower bound on average) -- the measure of fit to monitor,
+    form raises NotImplementedError or ValueError there), else, in evaluation and validation only, the prior
+    importance-sampling estimate `log (1/N') sum_n p(x_m | z_n)` over the step's `N' = num_sleep + num_holdout`
+    sleep latents (`estimator.prior_log_likelihood`, a lower bound on average) -- the measure of fit to monitor,
     `EarlyStopping(monitor="val_log_likelihood", mode="max")`; `loss` (`-mean s`, whose value is not a likelihood:
     only its gradient means something), `bandwidth` (the kernel's length scale; the mean one with ARD),
     `ridge_r2` (the fraction of the variance of the regressed gradient, projected on random directions, that the
     ridge regression predicts at `num_holdout` held-out sleep points: an out-of-sample check of the regression
-    the step relies on, comparable across steps) and `jitter` (the diagonal shift the Cholesky needed; nonzero
-    flags a near-singular Gram matrix, which was repaired), and the counts `skipped_steps` and `invalid_batches`:
+    the step relies on, comparable across steps; in training only when the regression learns, always in
+    evaluation: `val_ridge_r2`) and `jitter` (the diagonal shift the Cholesky needed; nonzero flags a
+    near-singular Gram matrix, which was repaired), and the counts `skipped_steps` and `invalid_batches`:
     a step whose batch is invalid or whose loss or gradient is not finite is skipped, leaving the weights and the
     optimiser state untouched, and `fit` warns about it (`Learner`).
 
@@ -120,15 +121,21 @@ class AmortisedLearner(Learner):
         self.compile(**config)
         self.build_optimizers()
 
-    def objective(self, wake_x, seed):
+    def objective(self, wake_x, seed, training=True):
         """`amortised_step` on the wake batch: its loss (plus the held-out regression loss when the regression
-        learns), and the global loss and diagnostics to log, with `log_likelihood`: the mean over the global batch
-        of the model's exact `log_marginal` if it has one, else the step's prior importance-sampling estimate."""
+        learns), and the global loss and diagnostics to log.
+
+        The diagnostics that cost extra passes over the model are computed where they are needed: in training,
+        the held-out error (`ridge_r2`) only when the regression learns from it, and `log_likelihood` only when
+        the model has an exact `log_marginal`; in evaluation (`training=False`: `evaluate`, validation), both,
+        `log_likelihood` by the step's prior importance-sampling estimate when there is no exact one.
+        """
         exact = self._exact_log_marginal
         step = amortised_step(self.joint_distribution, wake_x, num_sleep=self.num_sleep, seed=seed,
                               observed=self.observed, regression=self.regression, form=self.form,
                               num_holdout=self.num_holdout, variables=self.generative_model.trainable_variables,
-                              log_likelihood=exact is None)
+                              log_likelihood=exact is None and not training,
+                              held_out_error=self.regression.learn or not training)
         loss = step.loss + step.regression_loss if self.regression.learn else step.loss
         logs = {"loss": distributed.total(tf.stop_gradient(step.loss)), **step.diagnostics}
         if exact is not None:
@@ -289,24 +296,31 @@ RIDGE_R2_WARNING = 0.05
 
 
 class _RegressionQualityCheck(keras.callbacks.Callback):
-    """Warns (`RegressionWarning`) at the end of `fit` when the last epoch's mean `ridge_r2` is below
-    `RIDGE_R2_WARNING`, naming the hyperparameters and what to try."""
+    """Warns (`RegressionWarning`) at the end of `fit` when the last epoch's held-out R^2 of the regression is
+    below `RIDGE_R2_WARNING`, naming the hyperparameters and what to try. The R^2 is the epoch's mean
+    `val_ridge_r2`, else its `ridge_r2` (logged in training by a learning regression), else one evaluation step's
+    on a fresh sleep set of the evaluation stream (the wake points do not enter it)."""
 
     def __init__(self):
         super().__init__()
         self.last = None
 
     def on_epoch_end(self, epoch, logs=None):
-        self.last = (logs or {}).get("ridge_r2", self.last)
+        logs = logs or {}
+        self.last = logs.get("val_ridge_r2", logs.get("ridge_r2", self.last))
 
     def on_train_end(self, logs=None):
-        if self.last is None or float(np.mean(self.last)) >= RIDGE_R2_WARNING:
+        learner = self.model
+        if self.last is None:
+            probe = learner.sample(1)[learner.observed]
+            self.last = learner.objective(probe, learner.next_seed(None), training=False)[1]["ridge_r2"]
+        if float(np.mean(self.last)) >= RIDGE_R2_WARNING:
             return
-        regression = self.model.regression
+        regression = learner.regression
         bandwidth = "the median heuristic" if regression.bandwidth is None else f"{regression.bandwidth.numpy()}"
         warnings.warn(
             f"The regression explained almost nothing of the gradient at held-out sleep samples in the last epoch "
             f"(ridge_r2={float(np.mean(self.last)):.3g} < {RIDGE_R2_WARNING}): the gradient estimate is mostly bias. "
-            f"Bandwidth: {bandwidth}; ridge: {float(regression.ridge):.3g}; num_sleep: {self.model.num_sleep}. Try "
+            f"Bandwidth: {bandwidth}; ridge: {float(regression.ridge):.3g}; num_sleep: {learner.num_sleep}. Try "
             "KernelRidge(learn=True), a kernel on features of the observations (KernelRidge(features=...)) or more "
             "sleep samples.", RegressionWarning, stacklevel=2)

@@ -120,8 +120,9 @@ class EncoderLearner(Learner):
         """Returns `(loss, bound, signal)`: scalar, `Tensor[M]`, `Tensor[M]` (see the class docstring)."""
         raise NotImplementedError(f"{type(self).__name__} must implement estimate(x, seed).")
 
-    def objective(self, wake_x, seed):
-        """`estimate`'s loss, divided by the number of replicas (Keras sums their gradients), and its logs."""
+    def objective(self, wake_x, seed, training=True):
+        """`estimate`'s loss, divided by the number of replicas (Keras sums their gradients), and its logs (the same
+        in training and evaluation)."""
         loss, bound, signal = self.estimate(wake_x, seed)
         _, num_replicas = distributed.replica_id_and_count()
         return loss / num_replicas, {"loss": tf.stop_gradient(loss), "bound": tf.reduce_mean(bound),

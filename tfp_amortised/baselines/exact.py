@@ -40,8 +40,9 @@ class ExactGradientLearner(Learner):
             raise TypeError("ExactGradientLearner needs a generative_model with an exact log_marginal(x). "
                             f"Received: generative_model of type {type(generative_model).__name__}")
 
-    def objective(self, wake_x, seed):
-        """`-mean_m log p(x_m)` (divided by the number of replicas, whose gradients Keras sums) and its logs."""
+    def objective(self, wake_x, seed, training=True):
+        """`-mean_m log p(x_m)` (divided by the number of replicas, whose gradients Keras sums) and its logs (the
+        same in training and evaluation)."""
         log_likelihood = tf.reduce_mean(self.generative_model.log_marginal(wake_x))
         _, num_replicas = distributed.replica_id_and_count()
         return -log_likelihood / num_replicas, {"loss": tf.stop_gradient(-log_likelihood),
