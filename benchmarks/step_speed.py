@@ -332,8 +332,8 @@ def table(results, options):
     header = ["model", "solver", "N", "step (s)", "sample", "log-density f+b", "Gram + cross", "Cholesky", "solve",
               "weights (approx.)", "sum of parts", "step / sum", "CPU step / sum",
               "held-out targets (learning step, evaluation)", "SciPy cho_factor", "Cholesky / SciPy",
-              "previous step (s)", "step / previous", "XLA step (s)", "XLA / default", "peak RSS (GB)", "grad. error (softplus)",
-              "median bandwidth: subsample", "all points"]
+              "previous step (s)", "step / previous", "XLA step (s)", "XLA / default", "peak RSS (GB)",
+              "grad. error (softplus)", "median bandwidth: subsample", "all points"]
     rows = []
     for r in results:
         wall = sum(r[name][0] for name in names if name in r)

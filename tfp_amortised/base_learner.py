@@ -30,9 +30,10 @@ class Learner(keras.Model):
     """Base class of the learners: trains a generative model by minimising a subclass's `objective`.
 
     `train_step` draws a stateless step seed from the learner's training `keras.random.SeedGenerator`, evaluates
-    `objective(wake_x, seed, training=True)` inside a `tf.GradientTape`, and applies the gradient of its loss to every trainable
-    variable. `test_step` evaluates the objective only (`training=False`), with seeds from a second, evaluation stream that `sample`,
-    `posterior_expectation` and `bound` also draw from: what else the learner is asked never changes training.
+    `objective(wake_x, seed, training=True)` inside a `tf.GradientTape`, and applies the gradient of its loss to
+    every trainable variable. `test_step` evaluates the objective only (`training=False`), with seeds from a
+    second, evaluation stream that `sample`, `posterior_expectation` and `bound` also draw from: what else the
+    learner is asked never changes training.
 
     Skipped steps: a step is skipped, leaving the weights, the optimiser state (moments, `iterations`) and
     `after_train_step`'s state untouched, when its batch is invalid (no rows on any replica; NaN or infinite
