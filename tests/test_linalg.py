@@ -240,3 +240,35 @@ def test_cholesky_solve_reads_only_the_lower_triangle():
     garbage = chol + tf.linalg.band_part(tf.ones_like(chol), 0, -1) - tf.linalg.band_part(tf.ones_like(chol), 0, 0)
     np.testing.assert_allclose(linalg.cholesky_solve(garbage, rhs, 8), tf.linalg.cholesky_solve(chol, rhs),
                                rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("num_rows, block_size", [(40, 16), (301, 100), (1000, None)])
+def test_positive_definite_solve_has_the_gradient_of_the_solve(num_rows, block_size, dtype):
+    """Values and gradients with respect to the matrix and the right-hand sides against automatic differentiation
+    of `tf.linalg.cholesky_solve(tf.linalg.cholesky(A), B)` (the matrix entered symmetrically, `(S + S^T) / 2`,
+    so that both sides differentiate a symmetric matrix); 301 rows: blocks that do not divide N."""
+    base = tf.constant(spd_matrix(num_rows, dtype))
+    rhs = tf.random.stateless_normal([num_rows, 3], [1, 2], dtype=dtype)
+    weights = tf.random.stateless_normal([num_rows, 3], [3, 4], dtype=dtype)
+    results = []
+    for solve in (lambda a, b: linalg.positive_definite_solve(a, b, block_size)[0],
+                  lambda a, b: tf.linalg.cholesky_solve(tf.linalg.cholesky(a), b)):
+        with tf.GradientTape() as tape:
+            tape.watch([base, rhs])
+            matrix = 0.5 * (base + tf.transpose(base))
+            loss = tf.reduce_sum(solve(matrix, rhs) * weights)
+        results.append([solve(base, rhs), *tape.gradient(loss, [base, rhs])])
+    for ours, reference in zip(*results):
+        assert close(ours, reference, dtype)
+
+
+def test_positive_definite_solve_returns_the_factor_and_the_jitter_of_a_singular_matrix():
+    gram = low_rank_gram(30)
+    rhs = tf.random.stateless_normal([30, 2], [1, 2], dtype=tf.float64)
+    solution, chol, jitter = linalg.positive_definite_solve(gram, rhs)
+    expected_chol, expected_jitter = linalg.retrying_cholesky(gram)
+    np.testing.assert_array_equal(chol, expected_chol)
+    assert float(jitter) == float(expected_jitter) > 0
+    # Condition number about 1e11 (rank 3 plus a shift of 1e-10): residuals of order 1e-5.
+    np.testing.assert_allclose((gram + float(jitter) * np.eye(30)) @ solution.numpy(), rhs, atol=1e-4)

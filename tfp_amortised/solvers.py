@@ -34,9 +34,10 @@ def ridge_weights(kernel, sleep_x, query_x, ridge):
     """Kernel ridge weights `alpha = (K + N ridge I)^{-1} k(X, x)`, transposed to one row per query.
 
     The Gram matrix and the cross kernel come from one pass, `gram_and_cross` (the lower block columns of `K`
-    only, each computed with the queries' rows of the same columns); the factorisation is
-    `tfp_amortised.linalg.retrying_cholesky`, which reads only the lower triangle: a matrix that is not
-    numerically positive definite is retried with growing diagonal jitter, and the jitter used is returned.
+    only, each computed with the queries' rows of the same columns); the solve is
+    `tfp_amortised.linalg.positive_definite_solve`, which reads only the lower triangle: a matrix that is not
+    numerically positive definite is retried with growing diagonal jitter, and the jitter used is returned. Its
+    gradient (of a learning regression's hyperparameters) reuses the factor instead of differentiating it.
 
     Args:
       kernel: a `tfp.math.psd_kernels.PositiveSemidefiniteKernel` with one feature dimension.
@@ -108,8 +109,8 @@ def _cholesky_weights(gram, cross, ridge):
     `cross: [N, M]` -> `[M, N]`."""
     num_sleep = tf.cast(tf.shape(gram)[0], gram.dtype)
     gram = tf.linalg.set_diag(gram, tf.linalg.diag_part(gram) + num_sleep * ridge)
-    chol, jitter = linalg.retrying_cholesky(gram)
-    return tf.transpose(linalg.cholesky_solve(chol, cross)), jitter
+    solution, _, jitter = linalg.positive_definite_solve(gram, cross)
+    return tf.transpose(solution), jitter
 
 
 def feature_ridge_weights(sleep_features, query_features, ridge):
@@ -140,8 +141,7 @@ def feature_ridge_weights(sleep_features, query_features, ridge):
     num_sleep = tf.cast(tf.shape(sleep_features)[0], sleep_features.dtype)
     precision = tf.matmul(sleep_features, sleep_features, transpose_a=True)  # [F, F]
     precision = tf.linalg.set_diag(precision, tf.linalg.diag_part(precision) + num_sleep * ridge)
-    chol, jitter = linalg.retrying_cholesky(precision)
-    coefficients = linalg.cholesky_solve(chol, tf.transpose(query_features))  # [F, M]
+    coefficients, _, jitter = linalg.positive_definite_solve(precision, tf.transpose(query_features))  # [F, M]
     return tf.matmul(coefficients, sleep_features, transpose_a=True, transpose_b=True), jitter
 
 
