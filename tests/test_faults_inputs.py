@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfp_amortised import ridge_expectation, surrogate_log_marginal
 from tfp_amortised.generative import GenerativeModel
 from tfp_amortised.learner import AmortisedLearner
 from tfp_amortised.models import FactorAnalysisModel
@@ -129,3 +130,40 @@ def test_float64_values_beyond_float32_in_a_dataset_are_skipped_and_counted(data
     with pytest.warns(RuntimeWarning, match="1 training steps, 1 for their batch.*float64 data beyond the float32"):
         history = learner.fit(tf.data.Dataset.from_tensor_slices(x).batch(BATCH), epochs=1, verbose=0)
     assert history.history["invalid_batches"] == [1.] and int(learner.optimizer.iterations) == 3
+
+
+RAGGED = {"RaggedTensor": lambda: tf.ragged.constant([[0.1, 0.2], [0.3]]),
+          "list": lambda: [[0.1, 0.2], [0.3]],
+          "object array": lambda: np.array([np.zeros(2), np.zeros(1)], dtype=object)}
+RAGGED_MESSAGE = "is ragged \\(rows of unequal lengths\\), which is not supported"
+
+
+@pytest.mark.parametrize("kind", RAGGED)
+@pytest.mark.parametrize("entry", ["fit", "validation_data", "evaluate", "predict", "posterior_expectation",
+                                   "posterior_mean", "fit dict"])
+def test_ragged_data_are_refused_naming_the_argument(kind, entry):
+    learner, ragged = _learner(), RAGGED[kind]()
+    calls = {
+        "fit": (lambda: learner.fit(ragged, verbose=0), "x"),
+        "validation_data": (lambda: learner.fit(np.zeros([4, 2], np.float32), validation_data=(ragged, None),
+                                                verbose=0), "validation_data"),
+        "evaluate": (lambda: learner.evaluate(ragged, verbose=0), "x"),
+        "predict": (lambda: learner.predict(ragged, verbose=0), "x"),
+        "posterior_expectation": (lambda: learner.posterior_expectation(ragged, lambda sample: sample["z"]), "x"),
+        "posterior_mean": (lambda: learner.posterior_mean(ragged), "wake_x"),
+        "fit dict": (lambda: learner.fit({"x": ragged}, verbose=0), r"x: wake_x\['x'\]"),
+    }
+    call, argument = calls[entry]
+    with pytest.raises(ValueError, match=f"{argument}[: wake_x]* {RAGGED_MESSAGE}"):
+        call()
+
+
+@pytest.mark.parametrize("kind", RAGGED)
+def test_ragged_inputs_of_the_functions_are_refused_naming_the_argument(kind):
+    model = FactorAnalysisModel(1, 2, seed=1)
+    with pytest.raises(ValueError, match=f"wake_x {RAGGED_MESSAGE}"):
+        surrogate_log_marginal(model.joint_distribution, RAGGED[kind](), num_sleep=8, seed=[1, 2])
+    with pytest.raises(ValueError, match=f"sleep_x {RAGGED_MESSAGE}"):
+        ridge_expectation(RAGGED[kind](), np.zeros([4, 2]), np.zeros([2]))
+    with pytest.raises(ValueError, match=f"query_x {RAGGED_MESSAGE}"):
+        ridge_expectation(np.zeros([2, 2]), RAGGED[kind](), np.zeros([2]))

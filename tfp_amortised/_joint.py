@@ -8,6 +8,8 @@ TFP's JointDistribution internals (`_flat_resolve_names`, `_model_flatten`), so 
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfp_amortised import _observations
+
 tfd = tfp.distributions
 
 
@@ -39,11 +41,16 @@ def as_named(joint, value):
 
 
 def check_observed(joint, observed):
-    """Raises a ValueError naming the nodes when `observed` is not one of them."""
+    """`observed` normalised (`_observations.normalise`: a node name, or a tuple of several); a ValueError naming
+    the nodes when it names one that is not a node of `joint`."""
+    observed = _observations.normalise(observed)
     names = node_names(joint)
-    if observed not in names:
-        raise ValueError(
-            f"observed={observed!r} is not a node of the joint distribution; its nodes are {list(names)}.")
+    unknown = [name for name in _observations.names(observed) if name not in names]
+    if unknown:
+        received = observed if isinstance(observed, str) else list(observed)
+        raise ValueError(f"observed={received!r} is not a node of the joint distribution; its nodes are "
+                         f"{list(names)}{'' if isinstance(observed, str) else f' (unknown: {unknown})'}.")
+    return observed
 
 
 def log_prob(joint, named_value):
@@ -60,21 +67,24 @@ def log_prob_parts(joint, named_value):
 def paired_log_prob(joint, sleep_sample, observations, observed):
     """`log p(z_n, x_m)` of every sleep draw's latents `z_n` with every observation `x_m`: `Tensor[M, N]`.
 
+    With several observed nodes, `x_m` sets every one of them to its wake value.
+
     An explicitly batched joint evaluates the pairs by broadcasting, latents as `[1, N, ...]` against observations
     as `[M, 1, ...]`, in one `log_prob`. An AutoBatched joint vectorises `log_prob` over all `M N` pairs with
     `tf.vectorized_map`, which runs any op it cannot vectorise (a `tf.gather` from a variable, for one) in a loop
-    of `M N` iterations. When the observed node is the model's last (no node depends on it), an AutoBatched
-    joint is instead run once over the `N` sleep draws (`sample_distributions` with the draws as values) and the
-    observed node's conditional distribution `p(x | z_n)`, of batch shape `[N]`, is evaluated at the
-    observations by broadcasting: `log p(z_n, x_m) = sum_latents log p(z_n) + log p(x_m | z_n)`, the same value
+    of `M N` iterations. When one node is observed and it is the model's last (no node depends on it), an
+    AutoBatched joint is instead run once over the `N` sleep draws (`sample_distributions` with the draws as
+    values) and the observed node's conditional distribution `p(x | z_n)`, of batch shape `[N]`, is evaluated at
+    the observations by broadcasting: `log p(z_n, x_m) = sum_latents log p(z_n) + log p(x_m | z_n)`, the same value
     from `N` model evaluations.
 
     Args:
       joint: a `tfd.JointDistribution` with scalar batch shape.
       sleep_sample: dict `{node name: Tensor[N, *event_shape]}`, every node (the observed node's values are not
         paired).
-      observations: `Tensor[M, *event_shape]` of the node `observed`.
-      observed: name of the observed node.
+      observations: `Tensor[M, *event_shape]` of the node `observed`, or with several observed nodes a dict
+        `{node: Tensor[M, *event_shape]}` (`_observations`).
+      observed: name of the observed node, or a tuple of names.
 
     Returns:
       `Tensor[M, N]`, or a shape that broadcasts to it (an explicitly batched model whose log-density does not
@@ -89,7 +99,8 @@ def paired_log_prob(joint, sleep_sample, observations, observed):
                     for name, distribution in zip(names[:-1], distributions[:-1]))
         return prior + distributions[-1].log_prob(tf.expand_dims(observations, 1))
     paired = {name: value[tf.newaxis] for name, value in sleep_sample.items()}
-    paired[observed] = observations[:, tf.newaxis]
+    observations = _observations.as_named(observations, observed)
+    paired.update({name: value[:, tf.newaxis] for name, value in observations.items()})
     return log_prob(joint, paired)
 
 

@@ -7,6 +7,7 @@ and `train_step` / `test_step`. `AmortisedLearner` and the encoder baselines (VA
 `objective`.
 """
 
+import collections.abc
 import inspect
 import warnings
 
@@ -14,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfp_amortised import _joint, distributed
+from tfp_amortised import _joint, _observations, distributed
 from tfp_amortised.estimator import check_wake_x, sleep
 from tfp_amortised.generative import check_trainable
 
@@ -49,7 +50,9 @@ class Learner(keras.Model):
 
     Args:
       generative_model: a `GenerativeModel` instance (a Keras layer that owns the parameters and implements
-        `joint_distribution()`); its `observed` attribute names the observed node (default `"x"`). A
+        `joint_distribution()`); its `observed` attribute names the observed node (default `"x"`), or is a list
+        of names: data are then dicts keyed by them (`fit({"x": x, "y": y})`, a `tf.data` dataset of dicts), and
+        one-node data may be such a dict too (`tfp_amortised.estimator.check_wake_x`). A
         `tf.Variable` it holds that Keras does not track (so no optimiser would train it) is refused, with its
         attribute path (`tfp_amortised.generative.check_trainable`).
       seed: integer seed of the sampling; the same seed, data and initial weights give the same run, whatever else
@@ -63,10 +66,11 @@ class Learner(keras.Model):
         _check_generative_model(generative_model)
         check_trainable(generative_model)
         self.generative_model = generative_model
-        self.observed = getattr(generative_model, "observed", "x")
-        _joint.check_observed(generative_model.joint_distribution(), self.observed)
-        # Two samples of the observed node: the shape and dtype that data are checked against.
-        self._reference_x = sleep(generative_model.joint_distribution(), 2, [0, 0])[self.observed]
+        self.observed = _joint.check_observed(generative_model.joint_distribution(),
+                                              getattr(generative_model, "observed", "x"))
+        # Two samples of the observed nodes: the shapes and dtypes that data are checked against.
+        self._reference_x = _observations.select(sleep(generative_model.joint_distribution(), 2, [0, 0]),
+                                                 self.observed)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.evaluation_seed_generator = keras.random.SeedGenerator(seed)  # its seeds are folded: a distinct stream
@@ -86,7 +90,8 @@ class Learner(keras.Model):
         """The loss to minimise and the values to log, for a batch `wake_x: [M, *event_shape]`.
 
         Args:
-          wake_x: `Tensor[M, *event_shape]` observations, checked against the observed node.
+          wake_x: `Tensor[M, *event_shape]` observations, checked against the observed node (with several observed
+            nodes, a dict `{node: Tensor[M, *event_shape]}`).
           seed: stateless seed `[2]` of this step.
           training: True in `train_step`, False in `test_step` (evaluation and validation), where a subclass may
             compute diagnostics that the update does not need.
@@ -187,21 +192,16 @@ class Learner(keras.Model):
         finite and the step is skipped and counted (`Learner`).
 
         Returns:
-          `(wake_x, valid)`: `Tensor[M, *event_shape]` and a scalar bool `Tensor` (this replica's batch only).
+          `(wake_x, valid)`: `Tensor[M, *event_shape]` (a dict of them for several observed nodes) and a scalar
+          bool `Tensor` (this replica's batch only).
         """
         wake_x, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         _refuse_sample_weight(self, sample_weight)
-        wake_x = tf.convert_to_tensor(wake_x)
-        valid = tf.constant(True)
-        dtype = self._reference_x.dtype
-        if wake_x.dtype.is_floating:
-            if dtype.is_floating:
-                wake_x = tf.cast(wake_x, dtype)
-            finite = tf.math.is_finite(wake_x)
-            valid = tf.reduce_all(finite)
-            wake_x = tf.where(finite, wake_x, tf.zeros_like(wake_x))
-            if not dtype.is_floating:
-                valid &= tf.reduce_all(tf.equal(wake_x, tf.round(wake_x)))
+        wake_x = _observations.as_named(_observations.convert(wake_x, self.observed, "x"), self.observed)
+        reference = _observations.as_named(self._reference_x, self.observed)
+        repaired = {name: _repaired(value, reference[name].dtype) for name, value in wake_x.items()}
+        wake_x = _observations.select({name: value for name, (value, _) in repaired.items()}, self.observed)
+        valid = tf.reduce_all([node_valid for _, node_valid in repaired.values()])
         return check_wake_x(wake_x, self._reference_x, self.observed), valid
 
     def wake_batch(self, data):
@@ -224,26 +224,32 @@ class Learner(keras.Model):
             raise ValueError(f"batch_size must be a positive integer or None. Received: batch_size={batch_size!r}")
         self.check_data(x, "x")
         validation_data = arguments.get("validation_data")
-        self.check_data(validation_data[0] if isinstance(validation_data, tuple) else validation_data,
-                        "validation_data")
+        self.check_data(keras.utils.unpack_x_y_sample_weight(validation_data)[0], "validation_data")
         arguments["callbacks"] = [*(arguments.get("callbacks") or []), *self.fit_callbacks()]
         del arguments["self"]
         return super().fit(**arguments)
+
+    def evaluate(self, x=None, *args, **kwargs):
+        """`keras.Model.evaluate`, after checking array data (`check_data`)."""
+        self.check_data(x, "x")
+        return super().evaluate(x, *args, **kwargs)
 
     def fit_callbacks(self):
         """Callbacks `fit` adds to the user's: the warning about skipped steps (a subclass may add its own)."""
         return [_SkippedStepsWarning()]
 
     def check_data(self, data, argument):
-        """Checks array data before `fit` (`check_observations`, and at least one row); datasets and generators
-        are checked batch by batch in the steps, which skip and count an invalid batch."""
-        if not isinstance(data, (np.ndarray, tf.Tensor)):
+        """Checks array data (arrays, Tensors, lists and dicts of them: `check_observations`, and at least one row)
+        before `fit`, `evaluate` and `predict`; datasets and generators are checked batch by batch in the steps,
+        which skip and count an invalid batch."""
+        if not isinstance(data, (np.ndarray, tf.Tensor, tf.RaggedTensor, list, collections.abc.Mapping)):
             return
-        if data.shape.rank if isinstance(data, tf.Tensor) else data.ndim:
-            if data.shape[0] == 0:
-                raise ValueError(f"{argument} has no rows: there is nothing to train on. "
-                                 f"Received: {argument}.shape={tuple(data.shape)}")
-        check_observations(data, self._reference_x, self.observed, argument)
+        data = check_observations(data, self._reference_x, self.observed, argument)
+        for name, value in _observations.as_named(data, self.observed).items():
+            if value.shape.rank and value.shape[0] == 0:
+                node = "" if isinstance(self.observed, str) else f"[{name!r}]"
+                raise ValueError(f"{argument}{node} has no rows: there are no observations. "
+                                 f"Received: {argument}{node}.shape={tuple(value.shape)}")
 
     def save_own_variables(self, store):
         """Keras saving hook: also stores both seed states, so a restored learner continues its seed streams."""
@@ -309,11 +315,26 @@ def _global_results(trackers):
             for i, tracker in enumerate(trackers)]
 
 
+def _repaired(wake_x, dtype):
+    """One node's batch for `step_batch`: `(values, valid)`, the values cast to the node's float `dtype` with NaN or
+    infinite values replaced by zeros; `valid` false if there were any, or non-integer values for an integer node."""
+    if not wake_x.dtype.is_floating:
+        return wake_x, tf.constant(True)
+    if dtype.is_floating:
+        wake_x = tf.cast(wake_x, dtype)
+    finite = tf.math.is_finite(wake_x)
+    valid = tf.reduce_all(finite)
+    wake_x = tf.where(finite, wake_x, tf.zeros_like(wake_x))
+    if not dtype.is_floating:
+        valid &= tf.reduce_all(tf.equal(wake_x, tf.round(wake_x)))
+    return wake_x, valid
+
+
 def _agree(wake_x, valid, values):
     """`(valid, finite)` of a step, the same on every replica (one all-reduce): the batch is valid when every
     replica's is and there is at least one row in all; finite when every `values` Tensor of every replica is."""
     finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in values if v is not None])
-    counts = distributed.total(tf.stack([tf.cast(tf.shape(wake_x)[0], tf.float32),
+    counts = distributed.total(tf.stack([tf.cast(_observations.num_rows(wake_x), tf.float32),
                                          1. - tf.cast(valid, tf.float32), 1. - tf.cast(finite, tf.float32)]))
     return (counts[0] > 0) & tf.equal(counts[1], 0.), tf.equal(counts[2], 0.)
 
@@ -324,9 +345,11 @@ def check_observations(x, reference_x, observed, argument="x"):
     `check_wake_x` (shape, dtype, finite values), then the values the cast to the node's dtype would corrupt.
 
     Args:
-      x: `[M, *event_shape]` observations.
-      reference_x: `Tensor[B, *event_shape]` samples of the observed node (its dtype and event shape).
-      observed: name of the observed node.
+      x: `[M, *event_shape]` observations (or a one-key dict of them), or with several observed nodes a dict
+        `{node: [M, *event_shape]}` keyed by exactly them.
+      reference_x: `Tensor[B, *event_shape]` samples of the observed node (its dtype and event shape), or a dict
+        of them for several.
+      observed: name of the observed node, or a tuple of names.
       argument: the argument's name in the messages.
 
     Raises:
@@ -338,9 +361,17 @@ def check_observations(x, reference_x, observed, argument="x"):
         x = check_wake_x(x, reference_x, observed)
     except (ValueError, TypeError) as error:
         raise type(error)(f"{argument}: {error}") from None
-    dtype = reference_x.dtype
+    reference = _observations.as_named(reference_x, observed)
+    for name, value in _observations.as_named(x, observed).items():
+        _check_cast(value, reference[name].dtype, name, argument)
+    return x
+
+
+def _check_cast(x, dtype, observed, argument):
+    """A ValueError naming `argument` and the node `observed` when the cast of `x` to the node's `dtype` would
+    corrupt values (`check_observations`)."""
     if not x.dtype.is_floating or tf.size(x) == 0:
-        return x
+        return
     if dtype.is_floating and x.dtype.size > dtype.size:
         largest = float(tf.reduce_max(tf.abs(x)))
         if largest > float(dtype.max):
@@ -353,7 +384,6 @@ def check_observations(x, reference_x, observed, argument="x"):
             raise ValueError(f"{argument} holds non-integer values for the observed node {observed!r}, whose dtype is "
                              f"{dtype.name}: they would be truncated. Received: {argument} with the value "
                              f"{float(fractional[0])!r}")
-    return x
 
 
 class _SkippedStepsWarning(keras.callbacks.Callback):

@@ -46,12 +46,17 @@ def replica_seed(seed):
 
 
 def gather(value):
-    """Concatenates `value: [B_r, ...]` of every replica along axis 0, in replica order (static shape kept)."""
+    """Concatenates `value: [B_r, ...]` (each Tensor of a dict of them) of every replica along axis 0, in replica
+    order (static shape kept)."""
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
         return value
-    size = None if value.shape[0] is None else value.shape[0] * context.num_replicas_in_sync
-    return tf.ensure_shape(context.all_gather(_placed(value), axis=0), [size, *value.shape[1:]])
+
+    def gather_one(value):
+        size = None if value.shape[0] is None else value.shape[0] * context.num_replicas_in_sync
+        return tf.ensure_shape(context.all_gather(_placed(value), axis=0), [size, *value.shape[1:]])
+
+    return tf.nest.map_structure(gather_one, value)
 
 
 def total(value):

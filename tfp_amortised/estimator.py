@@ -16,6 +16,11 @@ regresses functions of `z` only (the paper's natural-parameter regression for ex
 which removes the observation noise from the target, at `M x N` likelihood terms. `surrogate_log_marginal`,
 `AmortisedLearner`, export and the benchmarks all call `amortised_step`; under a `tf.distribute` strategy it
 shares the work between replicas (`tfp_amortised.distributed`).
+
+With several observed nodes (`observed=("x", "y")`), `x` is all of them: observations are dicts
+`{node: Tensor[M, *event_shape]}`, the regression acts on the concatenation of their flattened values
+(`tfp_amortised.ridge.concatenate_events`: scales matter) and the conditional form sets every observed node to
+its wake value.
 """
 
 import typing
@@ -24,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_amortised import _joint, distributed
+from tfp_amortised import _joint, _observations, distributed
 from tfp_amortised.ridge import check_regression, flatten_events, regression_weights  # noqa: F401 (re-exported)
 
 FORMS = ("joint", "conditional")
@@ -103,8 +108,8 @@ def weighted_log_joint(joint, sleep_sample, weights, wake_x, *, observed="x", fo
       joint: the `tfd.JointDistribution` the sleep samples came from, built inside the gradient tape.
       sleep_sample: dict `{node name: Tensor[N, *event_shape]}`, detached (see `sleep`).
       weights: `Tensor[M, N]` ridge weights, treated as constants.
-      wake_x: `Tensor[M, *event_shape]`, observations of the node named `observed`.
-      observed: name of the observed node.
+      wake_x: `Tensor[M, *event_shape]`, observations of the node named `observed` (a dict of them for several).
+      observed: name of the observed node, or a list of names.
       form: `"joint"` or `"conditional"` (see module docstring).
 
     Returns:
@@ -116,7 +121,9 @@ def weighted_log_joint(joint, sleep_sample, weights, wake_x, *, observed="x", fo
         log_joint = _joint.log_prob(joint, sleep_sample)  # [N]
         return tf.linalg.matvec(weights, tf.cast(log_joint, weights.dtype))
     # Conditional form: every latent draw z_n paired with every wake observation x_m; log p(z_n, x_m): [M, N].
-    log_joint = _joint.paired_log_prob(joint, sleep_sample, tf.cast(wake_x, sleep_sample[observed].dtype), observed)
+    observed = _observations.normalise(observed)
+    wake_x = _observations.cast_like(wake_x, _observations.select(sleep_sample, observed))
+    log_joint = _joint.paired_log_prob(joint, sleep_sample, wake_x, observed)
     log_joint = tf.broadcast_to(log_joint, tf.shape(weights))
     return tf.reduce_sum(weights * tf.cast(log_joint, weights.dtype), axis=-1)
 
@@ -155,11 +162,12 @@ def amortised_step(joint, wake_x, *, num_sleep, seed, observed="x", regression=N
       joint: a `tfd.JointDistribution` (Coroutine, Sequential or Named; batched or AutoBatched) with scalar
         batch shape, or a zero-argument callable returning one (called here, so inside the caller's tape; it
         must be a callable when `variables` are given).
-      wake_x: `Tensor[M, *event_shape]` of observations of the node `observed` (this replica's share).
+      wake_x: `Tensor[M, *event_shape]` of observations of the node `observed` (this replica's share); with
+        several observed nodes, a dict `{node: Tensor[M, *event_shape]}` keyed by exactly them.
       num_sleep: `N >= 2`, the number of sleep samples of the regression (global, across replicas): a Python or
         NumPy integer, or a scalar integer Tensor (one device only).
       seed: a stateless seed (`int32[2]`); the same seed gives the same step.
-      observed: name of the observed node in `joint`.
+      observed: name of the observed node in `joint`, or a list of names (module docstring).
       regression: a `KernelRidge` layer, or None (default) for `KernelRidge`'s defaults computed by pure functions
         (`regression_weights`), which create no Keras variables.
       form: `"joint"` or `"conditional"`.
@@ -177,7 +185,7 @@ def amortised_step(joint, wake_x, *, num_sleep, seed, observed="x", regression=N
     joint_fn = joint
     joint = _joint.resolve_joint(joint)
     check_form(form)
-    _joint.check_observed(joint, observed)
+    observed = _joint.check_observed(joint, observed)
     check_regression(regression)
     num_sleep = check_num_sleep(num_sleep)
     num_local = distributed.local_num_sleep(num_sleep)
@@ -185,12 +193,14 @@ def amortised_step(joint, wake_x, *, num_sleep, seed, observed="x", regression=N
     with tf.name_scope("sleep"):
         sample = sleep(joint, num_local + check_num_holdout(num_holdout), step_seed)
     fit = {name: value[:num_local] for name, value in sample.items()}
-    wake_x = tf.cast(check_wake_x(wake_x, sample[observed], observed), sample[observed].dtype)
-    wake_x = tf.ensure_shape(wake_x, [None, *sample[observed].shape[1:]])  # distributed batches lose it
+    sleep_x = _observations.select(sample, observed)
+    wake_x = _observations.cast_like(check_wake_x(wake_x, sleep_x, observed), sleep_x)
     measure = bool(num_holdout) and held_out_error
-    queries = tf.concat([wake_x, sample[observed][num_local:]], axis=0) if measure else wake_x  # then held-out
-    weights, regression_diagnostics = regression_weights(regression, distributed.gather(fit[observed]), queries)
-    num_wake = tf.shape(wake_x)[0]
+    queries = tf.nest.map_structure(lambda wake, sleep: tf.concat([wake, sleep[num_local:]], axis=0),
+                                    wake_x, sleep_x) if measure else wake_x  # wake, then held-out sleep
+    weights, regression_diagnostics = regression_weights(
+        regression, distributed.gather(_observations.select(fit, observed)), queries)
+    num_wake = _observations.num_rows(wake_x)
     all_weights = distributed.gather(weights[:num_wake])  # [M, N]: every replica's wake rows
     surrogate = weighted_log_joint(joint, fit, distributed.own_columns(all_weights, num_local),
                                    distributed.gather(wake_x), observed=observed, form=form)
@@ -221,7 +231,9 @@ def prior_log_likelihood(joint, sleep_sample, wake_x, *, observed="x"):
     is large when the posterior is much narrower than the prior (few draws land where it is). `log p(x_m | z_n)` is
     the observed node's own term of the log-density (`log_prob_parts`) at `x_m`, with the nodes before it at sleep
     sample `n`: `log p(z_n, x_m) - log p(z_n)` when the observed node is the last one, and correct whatever the
-    order of the nodes (a latent drawn after the observed node does not enter that term).
+    order of the nodes (a latent drawn after the observed node does not enter that term). With several observed
+    nodes, `log p(x_m | z_n)` is the sum of their terms, which is the likelihood when no observed node depends on
+    a latent drawn after another observed node.
 
     Under a `tf.distribute` strategy, `wake_x` holds every replica's rows and `sleep_sample` this replica's
     samples: the per-replica sums are combined into the estimate on the global sleep set, the same on every replica.
@@ -232,18 +244,21 @@ def prior_log_likelihood(joint, sleep_sample, wake_x, *, observed="x"):
     Args:
       joint: a `tfd.JointDistribution` (or a zero-argument callable returning one).
       sleep_sample: dict `{node name: Tensor[N, *event_shape]}` of samples of `joint` (see `sleep`).
-      wake_x: `Tensor[M, *event_shape]`, observations of the node `observed`.
-      observed: name of the observed node.
+      wake_x: `Tensor[M, *event_shape]`, observations of the node `observed` (a dict of them for several).
+      observed: name of the observed node, or a list of names.
 
     Returns:
       `Tensor[M]`, detached.
     """
     joint = _joint.resolve_joint(joint)
+    observed = _observations.normalise(observed)
+    wake_x = _observations.cast_like(wake_x, _observations.select(sleep_sample, observed))
     paired = {name: tf.stop_gradient(value)[tf.newaxis] for name, value in sleep_sample.items()}
-    paired[observed] = tf.cast(wake_x, sleep_sample[observed].dtype)[:, tf.newaxis]
-    num_local = tf.shape(sleep_sample[observed])[0]
-    log_likelihood = tf.broadcast_to(_joint.log_prob_parts(joint, paired)[observed],
-                                     tf.stack([tf.shape(wake_x)[0], num_local]))  # [M, N_r]
+    paired.update({name: value[:, tf.newaxis] for name, value in _observations.as_named(wake_x, observed).items()})
+    num_local = _observations.num_rows(sleep_sample)
+    parts = _joint.log_prob_parts(joint, paired)
+    log_likelihood = tf.broadcast_to(tf.add_n([parts[name] for name in _observations.names(observed)]),
+                                     tf.stack([_observations.num_rows(wake_x), num_local]))  # [M, N_r]
     local = tf.reduce_logsumexp(log_likelihood, axis=-1)  # [M]
     num_samples = distributed.total(tf.cast(num_local, local.dtype))
     return tf.stop_gradient(tf.reduce_logsumexp(distributed.gather(local[tf.newaxis]), axis=0)
@@ -265,7 +280,7 @@ def held_out_targets(joint, fit, held_out, observed, form, variables, seed):
       joint: a zero-argument callable returning the `tfd.JointDistribution` (a distribution, without variables).
       fit: dict `{node: Tensor[N_r, *event_shape]}`, this replica's sleep samples the regression is fitted on.
       held_out: dict `{node: Tensor[H, *event_shape]}`, this replica's held-out sleep samples.
-      observed: name of the observed node.
+      observed: name of the observed node, or a tuple of names.
       form: `"joint"` or `"conditional"`.
       variables: the model's variables, or None.
       seed: stateless seed of the projections.
@@ -280,11 +295,12 @@ def held_out_targets(joint, fit, held_out, observed, form, variables, seed):
         return gradient_projections(joint, named, variables, seed, log_density=log_density)
 
     if form == "joint":
-        num_fit = tf.shape(fit[observed])[0]
+        num_fit = _observations.num_rows(fit)
         both = values({name: tf.concat([fit[name], held_out[name]], axis=0) for name in fit})
         return distributed.gather(both[:num_fit]), both[num_fit:]
+    held_out_x = _observations.select(held_out, observed)
     fitted = values({name: distributed.gather(value) for name, value in fit.items()},  # g_n(x_h): [H, N, K]
-                    lambda built, sample: _joint.paired_log_prob(built, sample, held_out[observed], observed))
+                    lambda built, sample: _joint.paired_log_prob(built, sample, held_out_x, observed))
     return fitted, values(held_out)
 
 
@@ -372,10 +388,11 @@ def surrogate_log_marginal(joint, wake_x, *, num_sleep, seed, observed="x", regr
     Args:
       joint: a `tfd.JointDistribution` (Coroutine, Sequential or Named; batched or AutoBatched) with scalar
         batch shape, or a zero-argument callable returning one (called here, so inside the caller's tape).
-      wake_x: `Tensor[M, *event_shape]` of observations of the node `observed`.
+      wake_x: `Tensor[M, *event_shape]` of observations of the node `observed`; with several observed nodes, a
+        dict `{node: Tensor[M, *event_shape]}`.
       num_sleep: integer `N >= 2`, the number of sleep samples.
       seed: a stateless seed (`int32[2]`); the same seed gives the same estimate.
-      observed: name of the observed node in `joint`.
+      observed: name of the observed node in `joint`, or a list of names (module docstring).
       regression: a `KernelRidge` layer, or None (default) for its defaults computed by pure functions.
       form: `"joint"` or `"conditional"`.
 
@@ -407,8 +424,9 @@ def ridge_expectation(sleep_x, query_x, values, regression=None):
     `E[f(z) | x_m]` with no encoder (Wenliang et al., ICML 2020).
 
     Args:
-      sleep_x: `Tensor[N, *event_shape]` sleep observations (or any features of them).
-      query_x: `Tensor[M, *event_shape]` the same for the query points.
+      sleep_x: `Tensor[N, *event_shape]` sleep observations (or any features of them), or a dict of them
+        (several observed nodes).
+      query_x: `Tensor[M, *event_shape]` the same for the query points (a dict with the same keys).
       values: `Tensor[N, ...]` one target per sleep sample.
       regression: a `KernelRidge` layer, or None for the default kernel ridge weights (`regression_weights`).
 
@@ -418,36 +436,49 @@ def ridge_expectation(sleep_x, query_x, values, regression=None):
     values = tf.convert_to_tensor(values)
     if not (values.dtype.is_floating or values.dtype.is_integer or values.dtype.is_bool):
         raise TypeError(f"values must hold numbers, one row per sleep sample. Received: values.dtype={values.dtype.name}")
-    sleep_x = tf.convert_to_tensor(sleep_x)
-    if values.shape.rank == 0 or not values.shape[:1].is_compatible_with(sleep_x.shape[:1]):
-        raise ValueError(f"values must have one row per sleep sample: shape [{sleep_x.shape[0]}, ...]. "
+    sleep_x = _observations.as_tensor(sleep_x, "sleep_x")
+    num_sleep = tf.nest.flatten(sleep_x)[0].shape[:1]
+    if values.shape.rank == 0 or not values.shape[:1].is_compatible_with(num_sleep):
+        raise ValueError(f"values must have one row per sleep sample: shape [{num_sleep[0]}, ...]. "
                          f"Received: values.shape={values.shape}")
     weights, _ = regression_weights(regression, sleep_x, query_x)  # [M, N]
     return tf.tensordot(weights, tf.cast(values, weights.dtype), axes=1)
 
 
 def check_wake_x(wake_x, sleep_x, observed):
-    """Checks wake observations against the observed node's sleep samples; returns them as a Tensor.
+    """Checks wake observations against the observed nodes' sleep samples; returns them as observations.
 
-    Observations `[M, 1]` of a scalar observed node (a column) are returned as `[M]`.
+    `wake_x` is an array-like `[M, *event_shape]` or a one-key dict `{observed: array-like}` for one observed
+    node, a dict keyed by exactly the observed nodes for several (`_observations.convert`); it is returned as a
+    Tensor, or a dict of Tensors in the order of `observed`. Observations `[M, 1]` of a scalar node (a column) are
+    returned as `[M]`.
 
-    Raises a ValueError (TypeError for the dtype) naming the expected shape `[M, *event_shape]` or dtype, and
-    a ValueError for NaN or infinite values when running eagerly.
+    Raises a ValueError (TypeError for the dtype) naming the node and the expected shape `[M, *event_shape]` or
+    dtype, a ValueError for missing or unexpected dict keys, ragged data, or (when running eagerly) NaN or
+    infinite values.
     """
-    wake_x = tf.convert_to_tensor(wake_x)
+    observed = _observations.normalise(observed)
+    wake_x = _observations.convert(wake_x, observed, "wake_x")
+    if isinstance(observed, str):
+        return _check_node(wake_x, sleep_x, observed, "wake_x")
+    return {name: _check_node(wake_x[name], sleep_x[name], name, f"wake_x[{name!r}]") for name in observed}
+
+
+def _check_node(wake_x, sleep_x, observed, argument):
+    """`check_wake_x` of one observed node's Tensor `wake_x`, named `argument` in the messages."""
     event_shape = sleep_x.shape[1:]
     if event_shape.rank == 0 and wake_x.shape.rank == 2 and wake_x.shape[1] == 1:
         wake_x = wake_x[:, 0]
     if not (wake_x.dtype.is_floating or wake_x.dtype.is_integer or wake_x.dtype.is_bool):
         raise TypeError(
-            f"wake_x must hold numbers for the observed node {observed!r} (dtype {sleep_x.dtype.name}). "
-            f"Received: wake_x.dtype={wake_x.dtype.name}")
+            f"{argument} must hold numbers for the observed node {observed!r} (dtype {sleep_x.dtype.name}). "
+            f"Received: {argument}.dtype={wake_x.dtype.name}")
     if wake_x.shape.rank != event_shape.rank + 1 or not wake_x.shape[1:].is_compatible_with(event_shape):
         raise ValueError(
-            f"wake_x must have shape [{', '.join(['M', *map(str, event_shape)])}]: a batch of the observed node "
-            f"{observed!r}, whose event shape is {event_shape}. Received: wake_x.shape={wake_x.shape}")
+            f"{argument} must have shape [{', '.join(['M', *map(str, event_shape)])}]: a batch of the observed node "
+            f"{observed!r}, whose event shape is {event_shape}. Received: {argument}.shape={wake_x.shape}")
     if tf.executing_eagerly() and wake_x.dtype.is_floating and not tf.reduce_all(tf.math.is_finite(wake_x)):
-        raise ValueError("wake_x contains NaN or infinite values.")
+        raise ValueError(f"{argument} contains NaN or infinite values.")
     return wake_x
 
 

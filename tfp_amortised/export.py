@@ -7,6 +7,8 @@ Endpoints (all `tf.function`s with input signatures):
                                     after the node in the serving signature
     posterior_mean(x: [M, *event_shape]) -> {latent: float [M, *event_shape],
                                              categorical latent + "_probabilities": float [M, *event_shape, C]}
+                                    with several observed nodes, one input per observed node, in the order of
+                                    `observed`, each named after its node
 
 `posterior_mean` is the encoder-free posterior expectation of amortised learning (Wenliang et al., 2020):
 
@@ -29,7 +31,7 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_amortised import _joint
+from tfp_amortised import _joint, _observations
 from tfp_amortised.estimator import sleep
 from tfp_amortised.ridge import KernelRidge, flatten_events, median_bandwidth
 
@@ -66,7 +68,7 @@ def export_learner(learner, filepath, num_sleep=None, seed=(0, 0), verbose=False
     stored = {name: keras.Variable(value, trainable=False, name=f"sleep_{name}") for name, value in sleep_set.items()}
     frozen_regression = KernelRidge.from_config({
         **learner.regression.get_config(), "name": "frozen_regression", "ridge": float(learner.regression.ridge),
-        "bandwidth": float(_frozen_bandwidth(learner.regression, sleep_set[learner.observed])),
+        "bandwidth": float(_frozen_bandwidth(learner.regression, _observations.select(sleep_set, learner.observed))),
         "features": learner.regression.features})
 
     def sample(num_samples, seed):
@@ -78,9 +80,11 @@ def export_learner(learner, filepath, num_sleep=None, seed=(0, 0), verbose=False
 
     classes = categorical_classes(joint)
 
-    def posterior_mean(x):
-        return posterior_means(frozen_regression, {name: v.value for name, v in stored.items()}, learner.observed, x,
-                               classes)
+    observed = _observations.names(learner.observed)
+
+    def posterior_mean(*x):
+        return posterior_means(frozen_regression, {name: v.value for name, v in stored.items()}, learner.observed,
+                               _observations.select(dict(zip(observed, x)), learner.observed), classes)
 
     archive = keras.export.ExportArchive()
     archive.track(learner)
@@ -90,9 +94,8 @@ def export_learner(learner, filepath, num_sleep=None, seed=(0, 0), verbose=False
         tf.TensorSpec([], tf.int32, name="num_samples"), tf.TensorSpec([2], tf.int32, name="seed")])
     archive.add_endpoint("log_joint", log_joint, input_signature=[
         tf.TensorSpec([None, *value.shape[1:]], value.dtype, name=name) for name, value in sleep_set.items()])
-    x = sleep_set[learner.observed]
     archive.add_endpoint("posterior_mean", posterior_mean, input_signature=[
-        tf.TensorSpec([None, *x.shape[1:]], x.dtype, name=learner.observed)])
+        tf.TensorSpec([None, *sleep_set[name].shape[1:]], sleep_set[name].dtype, name=name) for name in observed])
     archive.write_out(filepath, verbose=verbose)
 
 
@@ -101,7 +104,7 @@ def _frozen_bandwidth(regression, sleep_x):
     (`regression.kernel_inputs`: its features, standardised if the regression does so), or the fixed one."""
     if regression.bandwidth_rule != "median":
         return regression.bandwidth
-    sleep_inputs, _ = regression.kernel_inputs(sleep_x, sleep_x[:1])
+    sleep_inputs, _ = regression.kernel_inputs(sleep_x, tf.nest.map_structure(lambda node: node[:1], sleep_x))
     return median_bandwidth(sleep_inputs, regression.bandwidth_subsample)
 
 
@@ -120,15 +123,16 @@ def categorical_classes(joint):
 
 
 def posterior_means(regression, sleep_set, observed, x, classes):
-    """Ridge regression of each latent of `sleep_set` on its `x`, evaluated at `x`: `{latent: [M, *event_shape]}`,
-    or for a latent with `classes[latent] = C` classes `{latent + "_probabilities": [M, *event_shape, C]}`."""
-    weights = regression(sleep_set[observed], x)  # [M, N]
+    """Ridge regression of each latent of `sleep_set` on its observations, evaluated at `x` (`[M, *event_shape]`, a
+    dict of them for several observed nodes): `{latent: [M, *event_shape]}`, or for a latent with
+    `classes[latent] = C` classes `{latent + "_probabilities": [M, *event_shape, C]}`."""
+    weights = regression(_observations.select(sleep_set, observed), x)  # [M, N]
     outputs = {}
     for name, value in sleep_set.items():
-        if name == observed:
+        if name in _observations.names(observed):
             continue
         if name in classes:
             name, value = f"{name}_probabilities", tf.one_hot(value, classes[name], dtype=weights.dtype)
         outputs[name] = tf.reshape(tf.matmul(weights, tf.cast(flatten_events(value), weights.dtype)),
-                                   tf.concat([tf.shape(x)[:1], tf.shape(value)[1:]], 0))
+                                   tf.concat([[_observations.num_rows(x)], tf.shape(value)[1:]], 0))
     return outputs

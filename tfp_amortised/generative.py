@@ -71,7 +71,8 @@ class GenerativeModel(keras.layers.Layer):
     step, so building must be cheap and must read the weights afresh (never cache the distribution).
 
     Contract, in the manner of the Inference Gym's model contract:
-      - `observed`: name of the observed node (default `"x"`); every other node is a latent.
+      - `observed`: name of the observed node (default `"x"`), or a list of names (several observed nodes, whose
+        data are dicts keyed by them); every other node is a latent.
       - `joint_distribution()`: the model; sampling it gives `{node: Tensor[N, *event_shape]}`.
       - `log_marginal(x)` (optional): the exact `log p_theta(x)`, `Tensor[M, *event_shape] -> Tensor[M]`, for
         models where it has a closed form; tests and benchmarks use it as ground truth.

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfp_amortised import distributed
+from tfp_amortised import _observations, distributed
 from tfp_amortised.base_learner import Learner, check_observations
 from tfp_amortised.estimator import (amortised_step, check_form, check_num_holdout, check_num_sleep, check_wake_x,
                                      ridge_expectation, sleep)
@@ -182,7 +182,7 @@ class AmortisedLearner(Learner):
         if not self.regression.learn:
             return
         with self.distribute_strategy.scope():
-            self.regression.initialise(self.sample(self.num_sleep, seed=[0, 1])[self.observed])
+            self.regression.initialise(_observations.select(self.sample(self.num_sleep, seed=[0, 1]), self.observed))
             self.build_optimizers()
 
     def sample(self, num_samples, seed=None):
@@ -197,7 +197,7 @@ class AmortisedLearner(Learner):
         """Estimates `E[fn(z, x) | x_m]` for each row of `x`, with no encoder (regression on a sleep set).
 
         Args:
-          x: `[M, *event_shape]` observations.
+          x: `[M, *event_shape]` observations (a dict `{node: [M, *event_shape]}` with several observed nodes).
           fn: maps the sleep dict `{node name: Tensor[N, *event_shape]}` to `Tensor[N, ...]`.
           num_sleep: size of the sleep set, an integer >= 2; default (None) the learner's `num_sleep`.
           seed: stateless seed; default the next seed of the learner's evaluation stream (not the training one).
@@ -209,8 +209,9 @@ class AmortisedLearner(Learner):
           ValueError: naming `num_sleep`, or `x` and its offending value (`check_observations`).
         """
         sample = self.sample(self.num_sleep if num_sleep is None else check_num_sleep(num_sleep), seed)
-        x = check_observations(x, sample[self.observed], self.observed)
-        return ridge_expectation(sample[self.observed], x, fn(sample), self.regression)
+        sleep_x = _observations.select(sample, self.observed)
+        x = check_observations(x, sleep_x, self.observed)
+        return ridge_expectation(sleep_x, x, fn(sample), self.regression)
 
     def posterior_mean(self, x, num_sleep=None, seed=None):
         """Estimates the posterior mean of every latent node, `E[z | x_m]`, with no encoder.
@@ -223,7 +224,8 @@ class AmortisedLearner(Learner):
         Works eagerly and inside a `tf.function`; `predict` and `learner(x)` call it.
 
         Args:
-          x: `[M, *event_shape]` observations (`[M, 1]` is accepted for a scalar observed node).
+          x: `[M, *event_shape]` observations (`[M, 1]` is accepted for a scalar observed node), or a dict
+            `{node: [M, *event_shape]}` with several observed nodes.
           num_sleep: size `N` of the sleep set, an integer >= 2; default (None) the learner's `num_sleep`.
           seed: stateless seed of the sleep set; default the next seed of the evaluation stream (not the training
             one), so each call, and each `predict` batch, draws its own sleep set.
@@ -235,7 +237,8 @@ class AmortisedLearner(Learner):
         Cost: one regression on `N` sleep samples, O(N^3 / 3) with the default Cholesky solver.
         """
         sample = self.sample(self.num_sleep if num_sleep is None else check_num_sleep(num_sleep), seed)
-        x = tf.cast(check_wake_x(x, sample[self.observed], self.observed), sample[self.observed].dtype)
+        sleep_x = _observations.select(sample, self.observed)
+        x = _observations.cast_like(check_wake_x(x, sleep_x, self.observed), sleep_x)
         return posterior_means(self.regression, sample, self.observed, x, self._categorical_classes)
 
     def call(self, x):
@@ -246,6 +249,11 @@ class AmortisedLearner(Learner):
         """Keras' `predict` (and `predict_on_batch`) step: `posterior_mean` of the batch's observations, each batch
         with a sleep set of `num_sleep` samples from the evaluation stream."""
         return self.posterior_mean(self.wake_batch(data))
+
+    def predict(self, x, *args, **kwargs):
+        """`keras.Model.predict`, after checking array data (`check_data`)."""
+        self.check_data(x, "x")
+        return super().predict(x, *args, **kwargs)
 
     def fit_callbacks(self):
         """`Learner.fit_callbacks` and a warning when the regression explains almost nothing (`RegressionWarning`)."""
@@ -312,7 +320,7 @@ class _RegressionQualityCheck(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         learner = self.model
         if self.last is None:
-            probe = learner.sample(1)[learner.observed]
+            probe = _observations.select(learner.sample(1), learner.observed)
             self.last = learner.objective(probe, learner.next_seed(None), training=False)[1]["ridge_r2"]
         if float(np.mean(self.last)) >= RIDGE_R2_WARNING:
             return

@@ -8,7 +8,13 @@ The weights depend on the sleep and query observations only, so one Cholesky fac
 every target: the log-joint, functions of the latents, or held-out diagnostics. This module holds the Keras
 layer `KernelRidge`, its whole computation as a pure function (`kernel_ridge_weights`: centring, the median
 heuristic bandwidth, the kernel and a solver from `tfp_amortised.solvers`), `regression_weights` (the weights of
-a `KernelRidge` layer, or of the defaults when there is none), and the helpers `flatten_events` and `standardise`.
+a `KernelRidge` layer, or of the defaults when there is none), and the helpers `flatten_events`,
+`concatenate_events` and `standardise`.
+
+Observations of several observed nodes are dicts `{node: Tensor[B, *event_shape]}` (`tfp_amortised._observations`):
+the kernel compares the concatenation of the nodes' flattened values, `[B, sum_i D_i]` (`concatenate_events`), so
+their scales matter: the median heuristic is one length scale for all of them. Standardise the nodes, pass
+`standardise_features=True`, or learn one length scale per input dimension (`KernelRidge(learn=True, ard=True)`).
 
 Every setting has one name and one default, shared by the function and the layer (`DEFAULTS`):
 
@@ -21,6 +27,7 @@ Every setting has one name and one default, shared by the function and the layer
     learn                False        train the log bandwidth and log ridge online on held-out regression error
 """
 
+import collections.abc
 import math
 import os
 import typing
@@ -30,6 +37,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfp_amortised import _observations
 from tfp_amortised.solvers import SOLVER_NAMES, SOLVERS, choose_solver, options_for
 
 psd_kernels = tfp.math.psd_kernels
@@ -126,6 +134,20 @@ def flatten_events(x, event_ndims=None):
     return tf.reshape(x, tf.concat([batch_shape, [-1 if event_size is None else event_size]], axis=0))
 
 
+def concatenate_events(x, dtype):
+    """Observations as the features the kernel compares by default: `[B, D]` of `dtype`.
+
+    Args:
+      x: `[B, *event_shape]`, or a dict `{node: [B, *event_shape_node]}` (several observed nodes).
+      dtype: the features' dtype (every node is cast to it).
+
+    Returns:
+      `Tensor[B, D]`: `flatten_events(x)`, or the nodes' flattened values concatenated in `tf.nest` order (sorted
+      node names), `D = sum_i prod(event_shape_i)`.
+    """
+    return tf.concat([tf.cast(flatten_events(node), dtype) for node in tf.nest.flatten(x)], axis=-1)
+
+
 def median_bandwidth(x, bandwidth_subsample=DEFAULTS["bandwidth_subsample"]):
     """Median heuristic bandwidth: the median distance between two independent rows of `x`.
 
@@ -212,8 +234,8 @@ def regression_weights(regression, sleep_x, query_x):
 
     Args:
       regression: a `KernelRidge` layer, or None.
-      sleep_x: `Tensor[N, *event_shape]` sleep observations.
-      query_x: `Tensor[M, *event_shape]` query observations.
+      sleep_x: `Tensor[N, *event_shape]` sleep observations, or a dict of them (several observed nodes).
+      query_x: `Tensor[M, *event_shape]` query observations, or a dict of them with the same keys.
 
     Returns:
       `(weights, diagnostics)`: `Tensor[M, N]` and `RegressionDiagnostics`.
@@ -221,8 +243,8 @@ def regression_weights(regression, sleep_x, query_x):
     check_regression(regression)
     if regression is not None:
         return regression(sleep_x, query_x, return_diagnostics=True)
-    return kernel_ridge_weights(tf.cast(flatten_events(sleep_x), tf.float32),
-                                tf.cast(flatten_events(query_x), tf.float32))
+    sleep_x, query_x = _real_batches(sleep_x, query_x, tf.float32)
+    return kernel_ridge_weights(concatenate_events(sleep_x, tf.float32), concatenate_events(query_x, tf.float32))
 
 
 def check_regression(regression, argument="regression"):
@@ -277,7 +299,8 @@ class KernelRidge(keras.layers.Layer):
 
     Input shape:
       `sleep_x: [N, *event_shape]` and `query_x: [M, *event_shape]`, batches of the same observed node (or any
-      `[B, D]` features of it).
+      `[B, D]` features of it); with several observed nodes, dicts `{node: [N, *event_shape_node]}` and
+      `{node: [M, *event_shape_node]}`, whose flattened nodes the kernel compares concatenated (module docstring).
 
     Output shape:
       `[M, N]`.
@@ -299,7 +322,8 @@ class KernelRidge(keras.layers.Layer):
       seed: integer seed of the random Fourier frequencies; fixed, so every call uses the same frequencies
         (scaled by the current bandwidth).
       features: None (default: the kernel acts on the flattened observations), or a callable mapping a batch of
-        observations `[B, *event_shape]` to features `[B, F]` (row by row, for any `B`; `F` known statically),
+        observations `[B, *event_shape]` (with several observed nodes, the dict of the nodes' batches) to
+        features `[B, F]` (row by row, for any `B`; `F` known statically),
         applied to the sleep and query sets before standardisation, the median heuristic and the kernel. Pass a
         Keras layer registered with `keras.saving.register_keras_serializable` for `get_config` and `.keras`
         saving to work. Its weights, if any, are not trained by `AmortisedLearner` (the ridge weights are
@@ -348,7 +372,8 @@ class KernelRidge(keras.layers.Layer):
             kwargs["dtype"] = "float32"  # no half-precision Cholesky kernel exists
         super().__init__(**kwargs)
         if features is not None and not callable(features):
-            raise TypeError(f"features must be None or a callable mapping [B, *event_shape] to [B, F]. "
+            raise TypeError(f"features must be None or a callable mapping [B, *event_shape] (or a dict of them) to "
+                            "[B, F]. "
                             f"Received: features of type {type(features).__name__}")
         for name, flag in (("standardise_features", standardise_features), ("learn", learn), ("ard", ard)):
             if not isinstance(flag, bool):
@@ -387,9 +412,9 @@ class KernelRidge(keras.layers.Layer):
         self.built = True
 
     def _kernel_input_size(self, sleep_x_shape):
-        if self.features is None:
-            return int(np.prod(sleep_x_shape[1:]))
-        return int(self._apply_features(tf.zeros([2, *sleep_x_shape[1:]], self.compute_dtype)).shape[-1])
+        """`F`, from the shape `[N, *event_shape]` of the sleep set, or the dict of its nodes' shapes."""
+        example = _map_nodes(lambda shape: tf.zeros([2, *shape[1:]], self.compute_dtype), sleep_x_shape)
+        return int(self.kernel_inputs(example, example)[0].shape[-1])
 
     def _scalar_weight(self, name, value, trainable=False):
         # Assigned, not passed to keras.initializers.Constant, which rounds a Python float to float32 first.
@@ -412,7 +437,8 @@ class KernelRidge(keras.layers.Layer):
 
     def initialise(self, sleep_x):
         """Starts learning from the median heuristic: sets the learned bandwidth (every length scale with
-        `ard=True`) to `median_bandwidth` of the kernel inputs of `sleep_x: [N, *event_shape]`, once.
+        `ard=True`) to `median_bandwidth` of the kernel inputs of `sleep_x: [N, *event_shape]` (or a dict of them),
+        once.
 
         The learner calls it, eagerly, before its first step; a layer that has already been initialised (or that
         started from a fixed bandwidth, or does not learn) is left as it is.
@@ -420,8 +446,8 @@ class KernelRidge(keras.layers.Layer):
         if not self.learn or float(self.initialised.numpy()) > 0.:
             return
         if not self.built:
-            self.build(tf.convert_to_tensor(sleep_x).shape)
-        sleep_inputs, _ = self.kernel_inputs(sleep_x, sleep_x[:1])
+            self.build(_map_nodes(lambda node: tf.convert_to_tensor(node).shape, sleep_x))
+        sleep_inputs, _ = self.kernel_inputs(sleep_x, tf.nest.map_structure(lambda node: node[:1], sleep_x))
         median = median_bandwidth(sleep_inputs, self.bandwidth_subsample)
         self.log_bandwidth.assign(tf.fill(tf.shape(self.log_bandwidth), tf.math.log(tf.cast(median, tf.float32))))
         self.initialised.assign(1.)
@@ -430,32 +456,33 @@ class KernelRidge(keras.layers.Layer):
         """What the kernel compares: the flattened observations, or their `features`, standardised if asked.
 
         Args:
-          sleep_x: `[N, *event_shape]` sleep observations.
-          query_x: `[M, *event_shape]` query observations.
+          sleep_x: `[N, *event_shape]` sleep observations, or a dict of them (several observed nodes).
+          query_x: `[M, *event_shape]` query observations, or a dict of them with the same keys.
 
         Returns:
-          `(Tensor[N, F], Tensor[M, F])` of the layer's compute dtype (`F = prod(event_shape)` without `features`).
+          `(Tensor[N, F], Tensor[M, F])` of the layer's compute dtype (without `features`, `F = prod(event_shape)`,
+          or its sum over the nodes: `concatenate_events`).
         """
-        sleep_x = _as_real(sleep_x, "sleep_x", self.compute_dtype)
-        query_x = _as_real(query_x, "query_x", self.compute_dtype)
-        _check_batches(sleep_x, query_x)
+        sleep_x, query_x = _real_batches(sleep_x, query_x, self.compute_dtype)
         if self.features is not None:
             sleep_x, query_x = self._apply_features(sleep_x), self._apply_features(query_x)
         else:
-            sleep_x, query_x = flatten_events(sleep_x), flatten_events(query_x)
+            sleep_x, query_x = (concatenate_events(x, self.compute_dtype) for x in (sleep_x, query_x))
         if self.standardise_features:
             sleep_x, query_x = standardise(sleep_x, query_x)
         return sleep_x, query_x
 
     def _apply_features(self, x):
-        """`features(x)`: `[B, *event_shape] -> [B, F]` in the compute dtype; a ValueError naming `features` else."""
+        """`features(x)`: `[B, *event_shape] -> [B, F]` (a dict of nodes' batches with several observed nodes) in the
+        compute dtype; a ValueError naming `features` else."""
         value = tf.cast(self.features(x), self.compute_dtype)
-        if value.shape.rank != 2 or not value.shape[:1].is_compatible_with(x.shape[:1]) or value.shape[1] is None:
+        rows = tf.nest.flatten(x)[0].shape[:1]
+        if value.shape.rank != 2 or not value.shape[:1].is_compatible_with(rows) or value.shape[1] is None:
             name = getattr(self.features, "name", None) or getattr(self.features, "__name__", type(self.features))
             raise ValueError(
                 "features must map observations of shape [B, *event_shape] to features of shape [B, F] (F known "
                 f"statically). Received: features={name!s} returning shape {value.shape} for input of shape "
-                f"{x.shape}")
+                f"{_map_nodes(lambda node: node.shape, x)}")
         return value
 
     def call(self, sleep_x, query_x, return_diagnostics=False):
@@ -496,7 +523,8 @@ class KernelRidge(keras.layers.Layer):
         return options if self.solver == "auto" else options_for(self.solver, options)
 
     def compute_output_shape(self, sleep_x_shape, query_x_shape):
-        return (query_x_shape[0], sleep_x_shape[0])
+        rows = [tf.nest.flatten(_map_nodes(lambda node: node[0], shape))[0] for shape in (query_x_shape, sleep_x_shape)]
+        return tuple(rows)
 
     def load_own_variables(self, store):
         """Keras loading hook. Files written by 0.1.0 also stored a `jitter` diagnostic (a third variable), or,
@@ -534,9 +562,32 @@ class KernelRidge(keras.layers.Layer):
         return cls(**config)
 
 
+def _real_batches(sleep_x, query_x, dtype):
+    """Both sets as `dtype` Tensors (dicts of them for several observed nodes), checked (`_as_real`,
+    `_check_batches`)."""
+    sleep_x, query_x = _as_real(sleep_x, "sleep_x", dtype), _as_real(query_x, "query_x", dtype)
+    if isinstance(sleep_x, dict) or isinstance(query_x, dict):
+        if not (isinstance(sleep_x, dict) and isinstance(query_x, dict) and set(sleep_x) == set(query_x)):
+            raise ValueError("sleep_x and query_x must both be dicts with the same keys (one entry per observed node) "
+                             f"or both be Tensors. Received: sleep_x keys {_keys(sleep_x)}, query_x keys "
+                             f"{_keys(query_x)}")
+        for name in sleep_x:
+            _check_batches(sleep_x[name], query_x[name], f"[{name!r}]")
+    else:
+        _check_batches(sleep_x, query_x)
+    return sleep_x, query_x
+
+
+def _keys(value):
+    return list(value) if isinstance(value, dict) else "(a Tensor)"
+
+
 def _as_real(value, argument, dtype):
-    """`value` as a `dtype` Tensor; a TypeError unless it holds real numbers, a ValueError (eager) if not finite."""
-    value = tf.convert_to_tensor(value)
+    """`value` as a `dtype` Tensor (a dict of values as a dict of them); a TypeError unless it holds real numbers,
+    a ValueError naming `argument` when it is ragged or (eagerly) not finite."""
+    if isinstance(value, collections.abc.Mapping):
+        return {name: _as_real(node, f"{argument}[{name!r}]", dtype) for name, node in value.items()}
+    value = _observations.as_tensor(value, argument)
     if not (value.dtype.is_floating or value.dtype.is_integer or value.dtype.is_bool):
         raise TypeError(f"{argument} must hold real numbers. Received: {argument}.dtype={value.dtype.name}")
     if tf.executing_eagerly() and value.dtype.is_floating and not tf.reduce_all(tf.math.is_finite(value)):
@@ -558,17 +609,22 @@ def _check_bandwidth(bandwidth):
             f"Received: bandwidth={bandwidth.numpy()!r}")
 
 
-def _check_batches(sleep_x, query_x):
+def _check_batches(sleep_x, query_x, node=""):
+    """A ValueError unless `sleep_x: [N, *event_shape]` and `query_x: [M, *event_shape]`, `N >= 2`; `node` is the
+    key (`"['y']"`) in the messages when they are one node of dicts."""
+    received = f"Received: sleep_x{node}.shape={sleep_x.shape}, query_x{node}.shape={query_x.shape}"
     if sleep_x.shape.rank is None or sleep_x.shape.rank < 1 or sleep_x.shape.rank != query_x.shape.rank:
-        raise ValueError(
-            "KernelRidge expects sleep_x of shape [N, *event_shape] and query_x of shape [M, *event_shape]. "
-            f"Received: sleep_x.shape={sleep_x.shape}, query_x.shape={query_x.shape}")
+        raise ValueError(f"KernelRidge expects sleep_x{node} of shape [N, *event_shape] and query_x{node} of shape "
+                         f"[M, *event_shape]. {received}")
     if not sleep_x.shape[1:].is_compatible_with(query_x.shape[1:]):
-        raise ValueError(
-            "sleep_x and query_x must have the same event shape. "
-            f"Received: sleep_x.shape={sleep_x.shape}, query_x.shape={query_x.shape}")
+        raise ValueError(f"sleep_x{node} and query_x{node} must have the same event shape. {received}")
     if sleep_x.shape[0] is not None and sleep_x.shape[0] < 2:
-        raise ValueError(f"KernelRidge needs at least 2 sleep points. Received: sleep_x.shape={sleep_x.shape}")
+        raise ValueError(f"KernelRidge needs at least 2 sleep points. Received: sleep_x{node}.shape={sleep_x.shape}")
+
+
+def _map_nodes(fn, value):
+    """`fn(value)`, or `fn` of each node of a dict (unlike `tf.nest`, never enters a shape, which is a tuple)."""
+    return {name: fn(node) for name, node in value.items()} if isinstance(value, dict) else fn(value)
 
 
 def _check_solver_options(num_features, num_inducing, seed):

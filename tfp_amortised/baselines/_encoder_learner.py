@@ -11,7 +11,7 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_amortised import _joint, distributed
+from tfp_amortised import _joint, _observations, distributed
 from tfp_amortised.base_learner import Learner
 from tfp_amortised.estimator import sleep
 
@@ -43,8 +43,10 @@ def sample_encoder(posterior, num_samples, seed, detach=False):
 
 
 def log_joint(joint, z, x, observed):
-    """`log p_theta(z_k, x_m)` for latents `z: {name: Tensor[K, M, ...]}` and `x: Tensor[M, ...]` -> `[K, M]`."""
-    return _joint.log_prob(joint, {**z, observed: x[tf.newaxis]})
+    """`log p_theta(z_k, x_m)` for latents `z: {name: Tensor[K, M, ...]}` and `x: Tensor[M, ...]` (a dict of them
+    for several observed nodes) -> `[K, M]`."""
+    x = _observations.as_named(x, observed)
+    return _joint.log_prob(joint, {**z, **{name: value[tf.newaxis] for name, value in x.items()}})
 
 
 def score_function_term(signal, baseline, log_q_score):
@@ -171,8 +173,8 @@ class EncoderLearner(Learner):
     def _check_encoder(self):
         """Checks, on two model samples, that the encoder's nodes are the model's latent nodes."""
         reference = sleep(self.joint_distribution(), 2, [0, 0])
-        latents = sorted(name for name in reference if name != self.observed)
-        posterior = self.encoder(reference[self.observed])
+        latents = sorted(name for name in reference if name not in _observations.names(self.observed))
+        posterior = self.encoder(_observations.select(reference, self.observed))
         if not isinstance(posterior, tfd.JointDistribution):
             raise TypeError("encoder(x) must return a tfd.JointDistribution over the latent nodes. "
                             f"Received: {type(posterior).__name__}")

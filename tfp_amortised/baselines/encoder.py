@@ -4,7 +4,8 @@ An encoder is the recognition model `q_phi(z | x)` that VAE, IWAE and reweighted
 generative model (amortised learning needs none). Contract:
 
   - it is a Keras layer (its weights are the encoder parameters `phi`, tracked by the learner);
-  - `call(x)` takes a batch `x: [M, *event_shape]` of the observed node and returns a `tfd.JointDistribution`
+  - `call(x)` takes a batch `x: [M, *event_shape]` of the observed node (with several observed nodes, the dict
+    `{node: [M, *event_shape]}` of their batches) and returns a `tfd.JointDistribution`
     over the latent nodes of the generative model, with the same node names, batch shape `[M]` and, node by
     node, the event shape and dtype of the model's latent;
   - sampling it with a leading sample shape `[K]` gives `{name: Tensor[K, M, *event_shape]}`; nodes whose

@@ -3,7 +3,7 @@
 import keras
 import tensorflow as tf
 
-from tfp_amortised import _joint
+from tfp_amortised import _joint, _observations
 from tfp_amortised.baselines._encoder_learner import EncoderLearner
 from tfp_amortised.baselines.importance_weighted import importance_weighted_bound
 
@@ -67,8 +67,8 @@ class ReweightedWakeSleepLearner(EncoderLearner):
     def sleep_phi_loss(self, seed):
         """`-mean_n log q_phi(z_n | x_n)` over `num_sleep` detached model samples: scalar."""
         sample = self.sleep_sample(self.num_sleep, seed)
-        latents = {name: value for name, value in sample.items() if name != self.observed}
-        return -tf.reduce_mean(_joint.log_prob(self.encoder(sample[self.observed]), latents))
+        latents = {name: value for name, value in sample.items() if name not in _observations.names(self.observed)}
+        return -tf.reduce_mean(_joint.log_prob(self.encoder(_observations.select(sample, self.observed)), latents))
 
     def get_config(self):
         return {**super().get_config(), "insomnia": self.insomnia, "num_sleep": self.num_sleep}
