@@ -3,7 +3,8 @@
 On CPU `tf.linalg.cholesky` runs on one core, while `tf.matmul` uses them all. `cholesky` below is a
 right-looking blocked factorisation whose work is almost all in `tf.matmul`, so it is several times faster
 for the `N x N` Gram matrices of the exact kernel-ridge solver; `retrying_cholesky` adds TFP's diagonal-jitter
-retry on top of it, and `cholesky_solve` is the blocked solve with the factor.
+retry on top of it, and `cholesky_solve` is the blocked solve with the factor. `positive_definite_solve` solves
+`A X = B` with both, and differentiates as a linear solve, without going back through the factorisation.
 """
 
 import numbers
@@ -185,6 +186,42 @@ def cholesky_solve(chol, rhs, block_size=None):
         result.insert(0, tf.linalg.triangular_solve(chol[..., start:stop, start:stop], residual, lower=True,
                                                     adjoint=True))
     return tf.concat(result, axis=-2)
+
+
+def positive_definite_solve(matrix, rhs, block_size=None):
+    """`X = A^{-1} B` for a symmetric positive-definite `A`, by `retrying_cholesky` and `cholesky_solve`, with the
+    gradient of a linear solve instead of the reverse pass through the factorisation.
+
+    With the upstream gradient `G` of `X`: `B_bar = A^{-1} G` and `A_bar = -sym(A^{-1} G X^T)` (the gradient with
+    respect to the symmetric matrix, as `retrying_cholesky`'s), from the factor already computed: one more solve
+    and an outer product, O(N^2 K), where differentiating `cholesky` costs O(N^3) (measured forward and backward
+    of the kernel ridge weights with K = 164 right-hand sides: 1.8x faster at N = 1000, 3.3x at N = 4000). The
+    gradient is that of `(A + s I)^{-1} B` when jitter `s` was needed.
+
+    Args:
+      matrix: `Tensor[N, N]`, symmetric (only its lower triangle is read), float32 or float64.
+      rhs: `Tensor[N, K]`.
+      block_size: as in `cholesky`.
+
+    Returns:
+      solution: `Tensor[N, K]`.
+      chol: `Tensor[N, N]`, the lower Cholesky factor of `A + s I`, without gradient.
+      jitter: scalar `Tensor`, the shift `s` (`retrying_cholesky`), without gradient.
+    """
+    chol, jitter = retrying_cholesky(tf.stop_gradient(matrix), block_size=block_size)
+
+    @tf.custom_gradient
+    def solve(matrix, rhs):  # pylint: disable=unused-argument (matrix carries the gradient)
+        solution = cholesky_solve(chol, rhs, block_size)
+
+        def gradient(upstream):
+            rhs_grad = cholesky_solve(chol, upstream, block_size)
+            matrix_grad = -tf.matmul(rhs_grad, solution, transpose_b=True)
+            return 0.5 * (matrix_grad + tf.linalg.matrix_transpose(matrix_grad)), rhs_grad
+
+        return solution, gradient
+
+    return solve(matrix, rhs), chol, jitter
 
 
 def _checked_matrix(matrix):
