@@ -37,7 +37,7 @@ class AmortisedStep(typing.NamedTuple):
       surrogate: `Tensor[M]`, the surrogate `s_m` of every wake point (module docstring). Under a `tf.distribute`
         strategy, this replica's part: the sum over its own sleep samples; the parts add up to the surrogate.
       loss: scalar `Tensor`, `-mean_m s_m` (this replica's share under a strategy: the shares add up to it).
-      diagnostics: dict of scalar `Tensor`s, detached: `bandwidth` and `jitter` of the regression
+      diagnostics: dict of scalar `Tensor`s, detached: `bandwidth`, `jitter` and `condition` of the regression
         (`RegressionDiagnostics`) and, with held-out sleep samples, `ridge_r2`, the out-of-sample R^2 of the ridge
         regression at the held-out points (`1 - regression_loss`), and with `log_likelihood=True` the mean over the
         wake points of `prior_log_likelihood`.
@@ -195,7 +195,7 @@ def amortised_step(joint, wake_x, *, num_sleep, seed, observed="x", regression=N
                                    sleep_log_joint=None if log_joint is None else log_joint[:num_local])
     loss = -tf.reduce_sum(surrogate) / tf.cast(tf.shape(surrogate)[0], surrogate.dtype)
     diagnostics = {"bandwidth": tf.reduce_mean(regression_diagnostics.bandwidth),
-                   "jitter": regression_diagnostics.jitter}
+                   "jitter": regression_diagnostics.jitter, "condition": regression_diagnostics.condition}
     if log_likelihood:
         diagnostics["log_likelihood"] = tf.reduce_mean(
             prior_log_likelihood(joint, sample, distributed.gather(wake_x), observed=observed))
