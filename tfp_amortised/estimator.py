@@ -96,6 +96,17 @@ def check_finite_sample(sample):
                              f"{value.dtype.name}.")
 
 
+def check_finite_log_density(log_density, what):
+    """Eagerly, a ValueError when `log_density` (of the model's own samples, or of wake observations under its
+    latents) holds NaN or infinite values, naming `what` it is: a NaN or zero scale, or samples whose squares
+    overflow, give a surrogate that is not finite. In a compiled training step the step is skipped instead."""
+    if tf.executing_eagerly() and not tf.reduce_all(tf.math.is_finite(log_density)):
+        count = int(tf.reduce_sum(tf.cast(~tf.math.is_finite(log_density), tf.int32)))
+        raise ValueError(f"The model's log-density of {what} is not finite ({count} NaN or infinite values of "
+                         f"{log_density.shape.num_elements()}): a NaN or zero scale, a sample outside the support, or "
+                         f"values whose squares overflow {log_density.dtype.name}.")
+
+
 def weighted_log_joint(joint, sleep_sample, weights, wake_x, *, observed="x", form="joint", sleep_log_joint=None):
     """The surrogate `s_m` of each wake point from sleep samples and ridge weights already computed.
 
@@ -116,9 +127,11 @@ def weighted_log_joint(joint, sleep_sample, weights, wake_x, *, observed="x", fo
     weights = tf.stop_gradient(weights)
     if form == "joint":
         log_joint = _joint.log_prob(joint, sleep_sample) if sleep_log_joint is None else sleep_log_joint  # [N]
+        check_finite_log_density(log_joint, "its own samples")
         return tf.linalg.matvec(weights, tf.cast(log_joint, weights.dtype))
     # Conditional form: every latent draw z_n paired with every wake observation x_m; log p(z_n, x_m): [M, N].
     log_joint = _joint.paired_log_prob(joint, sleep_sample, tf.cast(wake_x, sleep_sample[observed].dtype), observed)
+    check_finite_log_density(log_joint, "the wake observations paired with its latent samples")
     log_joint = tf.broadcast_to(log_joint, tf.shape(weights))
     return tf.reduce_sum(weights * tf.cast(log_joint, weights.dtype), axis=-1)
 

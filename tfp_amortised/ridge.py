@@ -225,6 +225,12 @@ def kernel_ridge_weights(sleep_x, query_x, kernel=DEFAULTS["kernel"], bandwidth=
         solver_options = options_for(solver, solver_options)
     weights, jitter, condition = SOLVERS[solver](KERNELS[kernel](length_scale=bandwidth), sleep_x, query_x,
                                                  tf.cast(ridge, sleep_x.dtype), escalate=escalate, **solver_options)
+    if tf.executing_eagerly() and not tf.reduce_all(tf.math.is_finite(weights)):
+        raise ValueError(
+            "The ridge weights are not finite: the squared distances between the sleep_x and query_x rows overflow "
+            f"{sleep_x.dtype.name} (largest |sleep_x - mean| = {float(tf.reduce_max(tf.abs(sleep_x))):.3g}, largest "
+            f"|query_x - mean| = {float(tf.reduce_max(tf.abs(query_x))):.3g}, bandwidth {float(bandwidth):.3g}): "
+            "rescale the observations or regress on features of them (KernelRidge(features=...)).")
     if tf.executing_eagerly() and not trusted(condition, sleep_x.dtype, escalate):
         warnings.warn(conditioning_message(condition, ridge, sleep_x.dtype, escalate), RegressionWarning, stacklevel=2)
     if intercept:
