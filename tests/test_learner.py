@@ -40,8 +40,8 @@ def test_fit_recovers_mixture_parameters():
     assert _best_permutation_error(model.means.numpy(), TRUE_MEANS) < 0.2
     assert abs(float(model.scale) - 0.5) < 0.1
     np.testing.assert_allclose(tf.nn.softmax(model.logits), np.full(3, 1. / 3.), atol=0.06)
-    assert set(history.history) == {"loss", "log_likelihood", "bandwidth", "ridge_r2", "jitter", "skipped_steps",
-                                    "invalid_batches"}
+    assert set(history.history) == {"loss", "log_likelihood", "bandwidth", "ridge_r2", "jitter", "condition",
+                                    "skipped_steps", "invalid_batches"}
     assert history.history["skipped_steps"] == [0.] * 8
     assert history.history["loss"][-1] < history.history["loss"][0]
 
@@ -212,7 +212,8 @@ def test_a_learner_step_is_the_surrogate_of_the_function_api(form, num_holdout):
         step = amortised_step(model.joint_distribution, x, num_sleep=200, seed=step_seed, regression=regression,
                               form=form, num_holdout=num_holdout)
         np.testing.assert_array_equal(learner_loss, step.loss)
-        assert set(step.diagnostics) == {"bandwidth", "jitter", "ridge_r2"} and set(logs) >= set(step.diagnostics)
+        assert set(step.diagnostics) == {"bandwidth", "jitter", "condition", "ridge_r2"}
+        assert set(logs) >= set(step.diagnostics)
         with tf.GradientTape() as tape:
             loss = amortised_step(model.joint_distribution, x, num_sleep=200, seed=step_seed, regression=regression,
                                   form=form, num_holdout=num_holdout).loss
