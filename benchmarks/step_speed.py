@@ -158,13 +158,15 @@ def _build_model(name):
     return BinaryImageModel() if name == "binary" else CircleModel(image_size=10, seed=0)
 
 
-def _previous_ridge_weights(kernel, sleep_x, query_x, ridge):
+def _previous_ridge_weights(kernel, sleep_x, query_x, ridge, escalate=True):
     """The exact solver of the previous release, for the side-by-side ratio: two full kernel matrices and
-    `tf.linalg.cholesky` through TFP's `retrying_cholesky`."""
+    `tf.linalg.cholesky` through TFP's `retrying_cholesky` (no condition estimate: NaN; no escalation)."""
+    del escalate
     gram = kernel.matrix(sleep_x, sleep_x)
     gram = tf.linalg.set_diag(gram, tf.linalg.diag_part(gram) + tf.cast(tf.shape(gram)[0], gram.dtype) * ridge)
     chol, jitter = tfp.experimental.distributions.marginal_fns.retrying_cholesky(gram)
-    return tf.transpose(tf.linalg.cholesky_solve(chol, kernel.matrix(sleep_x, query_x))), jitter
+    return (tf.transpose(tf.linalg.cholesky_solve(chol, kernel.matrix(sleep_x, query_x))), jitter,
+            tf.constant(float("nan"), gram.dtype))
 
 
 def _learner(model_name, solver, num_sleep, options, jit_compile=False, previous=False):

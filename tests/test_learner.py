@@ -41,7 +41,7 @@ def test_fit_recovers_mixture_parameters():
     assert abs(float(model.scale) - 0.5) < 0.1
     np.testing.assert_allclose(tf.nn.softmax(model.logits), np.full(3, 1. / 3.), atol=0.06)
     # Training logs what the update computes: a fixed regression's held-out R^2 is an evaluation metric.
-    assert set(history.history) == {"loss", "log_likelihood", "bandwidth", "jitter", "skipped_steps",
+    assert set(history.history) == {"loss", "log_likelihood", "bandwidth", "jitter", "condition", "skipped_steps",
                                     "invalid_batches"}
     assert history.history["skipped_steps"] == [0.] * 8
     assert history.history["loss"][-1] < history.history["loss"][0]
@@ -213,7 +213,7 @@ def test_a_learner_step_is_the_surrogate_of_the_function_api(form, num_holdout):
         step = amortised_step(model.joint_distribution, x, num_sleep=200, seed=step_seed, regression=regression,
                               form=form, num_holdout=num_holdout)
         np.testing.assert_array_equal(learner_loss, step.loss)
-        assert set(step.diagnostics) == {"bandwidth", "jitter", "ridge_r2"}
+        assert set(step.diagnostics) == {"bandwidth", "jitter", "condition", "ridge_r2"}
         assert "ridge_r2" not in logs  # training: a fixed regression does not measure it
         evaluation_loss, evaluation_logs = learner.objective(x, step_seed, training=False)
         np.testing.assert_array_equal(evaluation_loss, step.loss)

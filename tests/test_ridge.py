@@ -168,7 +168,7 @@ def test_ridge_weights_is_a_pure_function():
     kernel = tfp.math.psd_kernels.ExponentiatedQuadratic(length_scale=np.float64(0.8))
     rng = np.random.default_rng(3)
     sleep_x, query_x = rng.normal(size=[30, 2]), rng.normal(size=[5, 2])
-    weights, jitter = ridge_weights(kernel, sleep_x, query_x, np.float64(1e-3))
+    weights, jitter, _ = ridge_weights(kernel, sleep_x, query_x, np.float64(1e-3))
     np.testing.assert_allclose(weights, _numpy_weights("gaussian", sleep_x, query_x, 0.8, 1e-3), rtol=1e-7)
     assert float(jitter) == 0.
 

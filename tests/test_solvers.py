@@ -169,7 +169,7 @@ def test_fourier_features_estimate_the_kernel(kernel):
 def test_feature_ridge_weights_equal_the_ridge_solve_of_the_feature_kernel(num_sleep, num_features):
     sleep_features = tf.random.stateless_normal([num_sleep, num_features], [1, 1], dtype=tf.float64)
     query_features = tf.random.stateless_normal([5, num_features], [2, 2], dtype=tf.float64)
-    weights, jitter = feature_ridge_weights(sleep_features, query_features, tf.constant(0.1, tf.float64))
+    weights, jitter, _ = feature_ridge_weights(sleep_features, query_features, tf.constant(0.1, tf.float64))
     phi, psi = sleep_features.numpy(), query_features.numpy()
     expected = np.linalg.solve(phi @ phi.T + num_sleep * 0.1 * np.eye(num_sleep), phi @ psi.T).T
     np.testing.assert_allclose(weights, expected, rtol=1e-9, atol=1e-12)

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from hypothesis import strategies as st
 
-from tfp_amortised import KernelRidge, ridge_expectation, surrogate_log_marginal
+from tfp_amortised import KernelRidge, ridge_expectation, sleep, surrogate_log_marginal
 from tfp_amortised.generative import GenerativeModel
 from tfp_amortised.learner import AmortisedLearner
 from tfp_amortised.models import FactorAnalysisModel, GaussianMixtureModel
@@ -343,3 +343,94 @@ def test_a_working_regression_gives_no_warning(validation):
         history = learner.fit(x, batch_size=64, epochs=1, verbose=0, validation_data=x if validation else None)
     if validation:
         assert history.history["val_ridge_r2"][0] > 0.05
+
+
+# Parameters that make a model's samples or log-densities non-finite: NaN, infinities, zero and extreme scales.
+EXTREME = st.one_of(st.floats(-1e3, 1e3, width=32),
+                    st.sampled_from([np.nan, np.inf, 0., 1e-30, 1e30, -1e30, 3e38]))
+SCALES = st.one_of(st.floats(0.125, 1e3, width=32), st.sampled_from([np.nan, np.inf, 0., -1., 1e-30, 1e30, 3e38]))
+# What a named error about non-finite model output says (`check_finite_sample`, `check_finite_log_density`,
+# `kernel_ridge_weights`, the learner's data checks).
+NON_FINITE_MESSAGES = ("are not finite", "log-density of", "ridge weights are not finite", "NaN or infinite")
+
+
+class _ExtremeModel(GenerativeModel):
+    """z ~ Normal(loc, scale);  x | z ~ Normal(z, noise) or LogNormal(z, noise), with the three parameters as Keras
+    weights holding any value, non-finite ones included (no constraint)."""
+
+    def __init__(self, loc=0., scale=1., noise=1., log_normal=False, **kwargs):
+        super().__init__(**kwargs)
+        self.log_normal = log_normal
+        self.parameters_ = [self.add_weight(shape=(), initializer=keras.initializers.Constant(value), name=name)
+                            for name, value in (("loc", loc), ("scale", scale), ("noise", noise))]
+
+    def joint_distribution(self):
+        import tensorflow_probability as tfp  # pylint: disable=import-outside-toplevel
+        tfd = tfp.distributions
+        loc, scale, noise = (weight.value for weight in self.parameters_)
+        observation = tfd.LogNormal if self.log_normal else tfd.Normal
+
+        def model():
+            z = yield tfd.JointDistributionCoroutine.Root(tfd.Normal(loc, scale, name="z"))
+            yield observation(z, noise, name="x")
+
+        return tfd.JointDistributionCoroutine(model)
+
+
+def _finite_or_named(call):
+    """`call()`'s result if every value is finite, None after a ValueError/TypeError naming a non-finite value."""
+    try:
+        result = call()
+    except (ValueError, TypeError) as error:
+        assert any(message in str(error) for message in NON_FINITE_MESSAGES), str(error)
+        return None
+    assert np.all(np.isfinite(result.numpy())), result
+    return result
+
+
+@hypothesis.settings(PROPERTY, max_examples=40)
+@hypothesis.given(loc=EXTREME, scale=SCALES, noise=SCALES, log_normal=st.booleans(),
+                  form=st.sampled_from(["joint", "conditional"]))
+def test_models_with_non_finite_output_answer_finitely_or_name_it(loc, scale, noise, log_normal, form):
+    """`surrogate_log_marginal` and `ridge_expectation` on models whose samples or log-densities may be NaN or
+    infinite (NaN, zero, huge or negative parameters): a finite answer, or a ValueError naming what is not finite,
+    never a NaN."""
+    model = _ExtremeModel(loc, scale, noise, log_normal)
+    wake_x = np.array([0.5, 1., 2.], np.float32)
+    _finite_or_named(lambda: surrogate_log_marginal(model.joint_distribution, wake_x, num_sleep=16, seed=[1, 2],
+                                                    form=form))
+
+    def posterior_mean():
+        sample = sleep(model.joint_distribution(), 16, [3, 4])
+        return ridge_expectation(sample["x"], wake_x, sample["z"])
+
+    _finite_or_named(posterior_mean)
+
+
+@hypothesis.settings(PROPERTY, max_examples=6)
+@hypothesis.given(loc=EXTREME, scale=SCALES, log_normal=st.booleans())
+def test_fit_on_models_with_non_finite_output_trains_skips_or_names_it(loc, scale, log_normal):
+    """`AmortisedLearner.fit` (compiled) on such models: finite weights and loss; or every non-finite step skipped,
+    counted and warned about with the weights left as they were; or a named ValueError (at construction, whose
+    reference samples are checked) -- never NaN written into the weights."""
+    import warnings as python_warnings  # pylint: disable=import-outside-toplevel
+    model = _ExtremeModel(loc, scale, 1., log_normal)
+    try:
+        learner = AmortisedLearner(model, num_sleep=16, num_holdout=0, seed=3)
+    except (ValueError, TypeError) as error:
+        assert any(message in str(error) for message in NON_FINITE_MESSAGES), str(error)
+        return
+    learner.compile(optimizer=keras.optimizers.SGD(1e-3))
+    before = [weight.numpy().copy() for weight in model.parameters_]
+    with python_warnings.catch_warnings(record=True) as caught:
+        python_warnings.simplefilter("always")
+        history = learner.fit(np.array([0.5, 1., 2., 3.], np.float32), batch_size=2, epochs=1, verbose=0)
+    skipped = history.history["skipped_steps"][0]
+    if skipped:
+        assert any("skipped" in str(warning.message) for warning in caught)
+    else:
+        assert np.isfinite(history.history["loss"][0])
+    after = [weight.numpy() for weight in model.parameters_]
+    assert np.all(np.isfinite(after)), (before, after)
+    if skipped == 2:
+        np.testing.assert_array_equal(after, before)

@@ -42,7 +42,7 @@ class AmortisedStep(typing.NamedTuple):
       surrogate: `Tensor[M]`, the surrogate `s_m` of every wake point (module docstring). Under a `tf.distribute`
         strategy, this replica's part: the sum over its own sleep samples; the parts add up to the surrogate.
       loss: scalar `Tensor`, `-mean_m s_m` (this replica's share under a strategy: the shares add up to it).
-      diagnostics: dict of scalar `Tensor`s, detached: `bandwidth` and `jitter` of the regression
+      diagnostics: dict of scalar `Tensor`s, detached: `bandwidth`, `jitter` and `condition` of the regression
         (`RegressionDiagnostics`) and, with held-out sleep samples, `ridge_r2`, the out-of-sample R^2 of the ridge
         regression at the held-out points (`1 - regression_loss`), and with `log_likelihood=True` the mean over the
         wake points of `prior_log_likelihood`.
@@ -101,6 +101,17 @@ def check_finite_sample(sample):
                              f"{value.dtype.name}.")
 
 
+def check_finite_log_density(log_density, what):
+    """Eagerly, a ValueError when `log_density` (of the model's own samples, or of wake observations under its
+    latents) holds NaN or infinite values, naming `what` it is: a NaN or zero scale, or samples whose squares
+    overflow, give a surrogate that is not finite. In a compiled training step the step is skipped instead."""
+    if tf.executing_eagerly() and not tf.reduce_all(tf.math.is_finite(log_density)):
+        count = int(tf.reduce_sum(tf.cast(~tf.math.is_finite(log_density), tf.int32)))
+        raise ValueError(f"The model's log-density of {what} is not finite ({count} NaN or infinite values of "
+                         f"{log_density.shape.num_elements()}): a NaN or zero scale, a sample outside the support, or "
+                         f"values whose squares overflow {log_density.dtype.name}.")
+
+
 def weighted_log_joint(joint, sleep_sample, weights, wake_x, *, observed="x", form="joint"):
     """The surrogate `s_m` of each wake point from sleep samples and ridge weights already computed.
 
@@ -119,11 +130,13 @@ def weighted_log_joint(joint, sleep_sample, weights, wake_x, *, observed="x", fo
     weights = tf.stop_gradient(weights)
     if form == "joint":
         log_joint = _joint.log_prob(joint, sleep_sample)  # [N]
+        check_finite_log_density(log_joint, "its own samples")
         return tf.linalg.matvec(weights, tf.cast(log_joint, weights.dtype))
     # Conditional form: every latent draw z_n paired with every wake observation x_m; log p(z_n, x_m): [M, N].
     observed = _observations.normalise(observed)
     wake_x = _observations.cast_like(wake_x, _observations.select(sleep_sample, observed))
     log_joint = _joint.paired_log_prob(joint, sleep_sample, wake_x, observed)
+    check_finite_log_density(log_joint, "the wake observations paired with its latent samples")
     log_joint = tf.broadcast_to(log_joint, tf.shape(weights))
     return tf.reduce_sum(weights * tf.cast(log_joint, weights.dtype), axis=-1)
 
@@ -206,7 +219,7 @@ def amortised_step(joint, wake_x, *, num_sleep, seed, observed="x", regression=N
                                    distributed.gather(wake_x), observed=observed, form=form)
     loss = -tf.reduce_sum(surrogate) / tf.cast(tf.shape(surrogate)[0], surrogate.dtype)
     diagnostics = {"bandwidth": tf.reduce_mean(regression_diagnostics.bandwidth),
-                   "jitter": regression_diagnostics.jitter}
+                   "jitter": regression_diagnostics.jitter, "condition": regression_diagnostics.condition}
     if log_likelihood:
         diagnostics["log_likelihood"] = tf.reduce_mean(
             prior_log_likelihood(joint, sample, distributed.gather(wake_x), observed=observed))

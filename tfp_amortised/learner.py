@@ -11,7 +11,8 @@ from tfp_amortised.base_learner import Learner, check_observations
 from tfp_amortised.estimator import (amortised_step, check_form, check_num_holdout, check_num_sleep, check_wake_x,
                                      ridge_expectation, sleep)
 from tfp_amortised.export import categorical_classes, export_learner, posterior_means
-from tfp_amortised.ridge import KernelRidge, check_regression
+from tfp_amortised.ridge import KernelRidge, RegressionWarning, check_regression, conditioning_message
+from tfp_amortised.solvers import trusted
 
 
 @keras.saving.register_keras_serializable(package="tfp_amortised")
@@ -37,8 +38,10 @@ class AmortisedLearner(Learner):
     `ridge_r2` (the fraction of the variance of the regressed gradient, projected on random directions, that the
     ridge regression predicts at `num_holdout` held-out sleep points: an out-of-sample check of the regression
     the step relies on, comparable across steps; in training only when the regression learns, always in
-    evaluation: `val_ridge_r2`) and `jitter` (the diagonal shift the Cholesky needed; nonzero flags a
-    near-singular Gram matrix, which was repaired), and the counts `skipped_steps` and `invalid_batches`:
+    evaluation: `val_ridge_r2`), `jitter` (the diagonal shift the Cholesky needed; nonzero flags a near-singular
+    Gram matrix, which was repaired) and `condition` (the estimated condition number of the regression's linear
+    system; `fit` warns when it is too large for the precision solved in), and the counts `skipped_steps` and
+    `invalid_batches`:
     a step whose batch is invalid or whose loss or gradient is not finite is skipped, leaving the weights and the
     optimiser state untouched, and `fit` warns about it (`Learner`).
 
@@ -77,7 +80,7 @@ class AmortisedLearner(Learner):
     ```
     """
 
-    metric_names = ("loss", "log_likelihood", "bandwidth", "ridge_r2", "jitter")
+    metric_names = ("loss", "log_likelihood", "bandwidth", "ridge_r2", "jitter", "condition")
 
     def __init__(self, generative_model, num_sleep=1000, form="joint", regression=None, num_holdout=64, seed=None,
                  **kwargs):
@@ -256,8 +259,10 @@ class AmortisedLearner(Learner):
         return super().predict(x, *args, **kwargs)
 
     def fit_callbacks(self):
-        """`Learner.fit_callbacks` and a warning when the regression explains almost nothing (`RegressionWarning`)."""
-        return [*super().fit_callbacks(), _RegressionQualityCheck()] if self.num_holdout else super().fit_callbacks()
+        """`Learner.fit_callbacks` and warnings (`RegressionWarning`) when the regression's system was too
+        ill-conditioned for its precision or the regression explains almost nothing."""
+        checks = [_ConditioningCheck(), _RegressionQualityCheck()] if self.num_holdout else [_ConditioningCheck()]
+        return [*super().fit_callbacks(), *checks]
 
     def export(self, filepath, num_sleep=None, seed=(0, 0), verbose=False):
         """Writes a TensorFlow SavedModel with endpoints `sample`, `log_joint` and `posterior_mean`.
@@ -293,12 +298,6 @@ def _exact_log_marginal(generative_model, reference_x):
     return log_marginal
 
 
-class RegressionWarning(UserWarning):
-    """The regression explained almost nothing of the gradient at held-out sleep samples: the estimate is mostly
-    bias (a bandwidth or ridge far from useful values, too few sleep samples, or observations the kernel cannot
-    compare well)."""
-
-
 # Below this held-out R^2 of the step's gradient estimate, the regression predicts hardly better than the mean.
 RIDGE_R2_WARNING = 0.05
 
@@ -332,3 +331,22 @@ class _RegressionQualityCheck(keras.callbacks.Callback):
             f"Bandwidth: {bandwidth}; ridge: {float(regression.ridge):.3g}; num_sleep: {learner.num_sleep}. Try "
             "KernelRidge(learn=True), a kernel on features of the observations (KernelRidge(features=...)) or more "
             "sleep samples.", RegressionWarning, stacklevel=2)
+
+
+class _ConditioningCheck(keras.callbacks.Callback):
+    """Warns (`RegressionWarning`) at the end of `fit` when the last epoch's mean `condition` is too large for the
+    precision the regression solved in (`tfp_amortised.solvers.trusted`), naming lambda and what to do."""
+
+    def __init__(self):
+        super().__init__()
+        self.last = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.last = (logs or {}).get("condition", self.last)
+
+    def on_train_end(self, logs=None):
+        regression = self.model.regression
+        if self.last is None or trusted(float(np.mean(self.last)), regression.compute_dtype, regression.escalate):
+            return
+        warnings.warn(conditioning_message(np.mean(self.last), regression.ridge, regression.compute_dtype,
+                                           regression.escalate), RegressionWarning, stacklevel=2)

@@ -3,8 +3,9 @@
 On CPU `tf.linalg.cholesky` runs on one core, while `tf.matmul` uses them all. `cholesky` below is a
 right-looking blocked factorisation whose work is almost all in `tf.matmul`, so it is several times faster
 for the `N x N` Gram matrices of the exact kernel-ridge solver; `retrying_cholesky` adds TFP's diagonal-jitter
-retry on top of it, and `cholesky_solve` is the blocked solve with the factor. `positive_definite_solve` solves
-`A X = B` with both, and differentiates as a linear solve, without going back through the factorisation.
+retry on top of it, and `cholesky_solve` is the blocked solve with the factor. `solve_with_condition` is the same
+solve with an estimate of the condition number, and `positive_definite_solve` solves `A X = B` with both,
+differentiated as a linear solve, without going back through the factorisation.
 """
 
 import numbers
@@ -189,8 +190,8 @@ def cholesky_solve(chol, rhs, block_size=None):
 
 
 def positive_definite_solve(matrix, rhs, block_size=None):
-    """`X = A^{-1} B` for a symmetric positive-definite `A`, by `retrying_cholesky` and `cholesky_solve`, with the
-    gradient of a linear solve instead of the reverse pass through the factorisation.
+    """`X = A^{-1} B` for a symmetric positive-definite `A`, by `retrying_cholesky` and `solve_with_condition`,
+    with the gradient of a linear solve instead of the reverse pass through the factorisation.
 
     With the upstream gradient `G` of `X`: `B_bar = A^{-1} G` and `A_bar = -sym(A^{-1} G X^T)` (the gradient with
     respect to the symmetric matrix, as `retrying_cholesky`'s), from the factor already computed: one more solve
@@ -205,23 +206,83 @@ def positive_definite_solve(matrix, rhs, block_size=None):
 
     Returns:
       solution: `Tensor[N, K]`.
-      chol: `Tensor[N, N]`, the lower Cholesky factor of `A + s I`, without gradient.
       jitter: scalar `Tensor`, the shift `s` (`retrying_cholesky`), without gradient.
+      condition: scalar `Tensor`, the estimate of the condition number of `A + s I` (`solve_with_condition`),
+        without gradient.
     """
     chol, jitter = retrying_cholesky(tf.stop_gradient(matrix), block_size=block_size)
+    diagonal = tf.stop_gradient(tf.linalg.diag_part(matrix))
 
     @tf.custom_gradient
     def solve(matrix, rhs):  # pylint: disable=unused-argument (matrix carries the gradient)
-        solution = cholesky_solve(chol, rhs, block_size)
+        solution, condition = solve_with_condition(chol, rhs, diagonal, block_size)
 
-        def gradient(upstream):
+        def gradient(upstream, _):
             rhs_grad = cholesky_solve(chol, upstream, block_size)
             matrix_grad = -tf.matmul(rhs_grad, solution, transpose_b=True)
             return 0.5 * (matrix_grad + tf.linalg.matrix_transpose(matrix_grad)), rhs_grad
 
-        return solution, gradient
+        return (solution, condition), gradient
 
-    return solve(matrix, rhs), chol, jitter
+    solution, condition = solve(matrix, rhs)
+    return solution, jitter, tf.stop_gradient(condition)
+
+
+def solve_with_condition(chol, rhs, diagonal=None, block_size=None):
+    """`cholesky_solve(chol, rhs)` and an estimate of the 2-norm condition number of `A = L L^T`, nearly free.
+
+    `kappa_2(A) = lambda_max / lambda_min`, each factor bounded below by a Rayleigh-type quotient at a cost of
+    `O(N^2)` beside the `O(N^3 / 3)` factorisation: one product with `L`, and one more right-hand side of the solve
+    (one step of inverse iteration). The diagonal of `L` alone is not enough: on the Gram matrix of 2000 duplicated
+    discrete observations `max(diag L)^2 / min(diag L)^2` was 5e4 where `kappa_2` was 4.6e7 (it misses the size of
+    `lambda_max`, which grows with the number of duplicates).
+
+    #### Mathematical details
+
+    With `u = 1`, `v` a fixed standard-normal vector (stateless seed `[0, 0]`) and `l_kk` the diagonal of `L`:
+
+        lambda_max >= max(|L^T u|^2 / |u|^2, |L^T v|^2 / |v|^2, max_i A_ii)        (w^T A w / w^T w)
+        1 / lambda_min >= max(|A^{-1} v| / |v|, 1 / min_k l_kk^2)          (l_kk^2 >= lambda_min)
+
+    so `condition`, their product, is a lower bound on `kappa_2(A)` up to rounding (`A_ii` only when `diagonal` is
+    given). The positive `u` catches the top eigenvalue of a Gram matrix with positive entries (Perron-Frobenius),
+    the diagonal that of a feature system `Phi^T Phi` with signed features; `|A^{-1} v| / |v|` is about
+    `sqrt(mean_i lambda_i^{-2})`, close to `1 / lambda_min` when many eigenvalues sit at the bottom of the spectrum
+    (a ridge-regularised Gram matrix, whose kernel eigenvalues decay fast, has all but a few at `N lam`), about
+    `sqrt(N)` times below it for one isolated small eigenvalue (20 times at N = 100 in the tests).
+
+    Measured against `numpy.linalg.cond` (float64), `kappa_2 / condition` was 1.05 to 1.35 on Gaussian Gram
+    matrices with ridge (N = 100 to 2000, lam = 1e-2 to 1e-8, continuous and duplicated Poisson observations), 2.3
+    to 3.5 on random-feature systems `Phi^T Phi + N lam I` (F = 64) and below 8 on Nystrom ones (R = 50), with
+    `diagonal`; `tests/test_faults_conditioning.py` asserts 1.5 and 10. A second power and inverse step
+    brought such cases within 1.3, but cost 25% more than the factorisation and solve at N = 4000 (memory-bound
+    products with `L` and a sequential one-column solve), and the row norms of `L` (for `A_ii` without `diagonal`)
+    cost twice the product with `L`.
+
+    Args:
+      chol: `Tensor[..., N, N]`, lower triangular (what `cholesky` returns).
+      rhs: `Tensor[..., N, K]`.
+      diagonal: None, or `Tensor[..., N]`, the diagonal of `A` (free where the caller holds `A`).
+      block_size: as in `cholesky_solve`.
+
+    Returns:
+      solution: `Tensor[..., N, K]`, `A^{-1} rhs`.
+      condition: `Tensor[...]`, the estimate of `kappa_2(A)`, without gradient; NaN when `chol` is.
+    """
+    chol, rhs = _checked_matrix(chol), tf.convert_to_tensor(rhs)
+    probe = tf.random.stateless_normal(tf.shape(rhs[..., :1]), seed=[0, 0], dtype=rhs.dtype)  # v: [..., N, 1]
+    solved = cholesky_solve(chol, tf.concat([rhs, probe], axis=-1), block_size)
+    chol, inverse_probe = tf.stop_gradient(chol), tf.stop_gradient(solved[..., -1:])  # inverse_probe = A^{-1} v
+    probes = tf.concat([tf.ones_like(probe), probe], axis=-1)  # [..., N, 2]
+    halves = tf.matmul(probes, chol, transpose_a=True)  # (L^T w)^T: w^T A w = |L^T w|^2
+    largest = tf.reduce_max(tf.reduce_sum(tf.square(halves), axis=-1) / tf.reduce_sum(tf.square(probes), axis=-2),
+                            axis=-1)
+    if diagonal is not None:
+        largest = tf.maximum(largest, tf.reduce_max(tf.stop_gradient(diagonal), axis=-1))
+    smallest_pivot = tf.reduce_min(tf.square(tf.linalg.diag_part(chol)), axis=-1)
+    inverse_smallest = tf.maximum(tf.norm(inverse_probe, axis=[-2, -1]) / tf.norm(probe, axis=[-2, -1]),
+                                  tf.math.reciprocal(smallest_pivot))
+    return solved[..., :-1], largest * inverse_smallest
 
 
 def _checked_matrix(matrix):

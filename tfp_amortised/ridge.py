@@ -31,6 +31,7 @@ import collections.abc
 import math
 import os
 import typing
+import warnings
 
 import keras
 import numpy as np
@@ -38,7 +39,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_amortised import _observations
-from tfp_amortised.solvers import SOLVER_NAMES, SOLVERS, choose_solver, options_for
+from tfp_amortised.solvers import CONDITION_TOLERANCE, SOLVER_NAMES, SOLVERS, choose_solver, options_for, trusted
 
 psd_kernels = tfp.math.psd_kernels
 
@@ -61,10 +62,34 @@ class RegressionDiagnostics(typing.NamedTuple):
       bandwidth: scalar `Tensor`, the kernel length scale used (the median heuristic's value, or the fixed one).
       jitter: scalar `Tensor`, the diagonal shift beyond `N lam` that the solver's Cholesky needed (0 when none;
         nonzero flags a numerically singular system, which was repaired).
+      condition: scalar `Tensor`, an estimate (a lower bound, measured within a few percent on Gram matrices) of the
+        2-norm condition number of the square system the solver factorised: `K + N lam I` (exact), `Phi^T Phi +
+        N lam I` (random features, Nystrom). Above `8.4e4` a float32 solve was redone in float64 (`escalate`);
+        `tfp_amortised.solvers.trusted` says whether the result can be trusted (`tfp_amortised.linalg.
+        solve_with_condition`).
     """
 
     bandwidth: tf.Tensor
     jitter: tf.Tensor
+    condition: tf.Tensor
+
+
+class RegressionWarning(UserWarning):
+    """The regression cannot be trusted: it explained almost nothing of the gradient at held-out sleep samples (the
+    estimate is mostly bias: a bandwidth or ridge far from useful values, too few sleep samples, or observations the
+    kernel cannot compare well), or its linear system was too ill-conditioned for the precision it was solved in."""
+
+
+def conditioning_message(condition, ridge, dtype, escalate):
+    """What a `RegressionWarning` about an untrusted solve says: lambda, the condition estimate and what to do."""
+    precision = "float64" if escalate or tf.as_dtype(dtype) == tf.float64 else tf.as_dtype(dtype).name
+    advice = ("a larger ridge" if precision == "float64" else
+              "KernelRidge(escalate=True) (the default, which redoes such solves in float64), float64 data "
+              "(KernelRidge(dtype='float64')) or a larger ridge")
+    return (f"The kernel ridge system is too ill-conditioned for {precision}: condition number about "
+            f"{float(condition):.3g} with ridge={float(ridge):.3g}, so the weights may be wrong in their leading "
+            f"digits (condition x eps >= {CONDITION_TOLERANCE}). Small ridges on duplicated (discrete) observations do this. "
+            f"Use {advice}: condition <= 1 + 1 / ridge for a unit-amplitude kernel.")
 
 
 def check_settings(kernel=DEFAULTS["kernel"], bandwidth=DEFAULTS["bandwidth"], ridge=DEFAULTS["ridge"],
@@ -185,7 +210,7 @@ def median_bandwidth(x, bandwidth_subsample=DEFAULTS["bandwidth_subsample"]):
 def kernel_ridge_weights(sleep_x, query_x, kernel=DEFAULTS["kernel"], bandwidth=DEFAULTS["bandwidth"],
                          ridge=DEFAULTS["ridge"], solver=DEFAULTS["solver"],
                          bandwidth_subsample=DEFAULTS["bandwidth_subsample"], intercept=DEFAULTS["intercept"],
-                         **solver_options):
+                         escalate=True, **solver_options):
     """Kernel ridge weights with a named kernel and solver: the computation of `KernelRidge`, as a pure function.
 
     Both sets are first centred on the sleep mean: the kernels are stationary, so this changes nothing but
@@ -204,6 +229,8 @@ def kernel_ridge_weights(sleep_x, query_x, kernel=DEFAULTS["kernel"], bandwidth=
       bandwidth_subsample: subsample size of the median heuristic.
       intercept: whether to regress targets centred on their sleep mean, `f(x) = t_bar + sum_n alpha_n(x)
         (t_n - t_bar)`: the weights become `alpha_n + (1 - sum_k alpha_k) / N` and sum to one for each query.
+      escalate: whether a float32 system too ill-conditioned for float32 is solved again in float64
+        (`tfp_amortised.solvers.solve`). Eagerly, a `RegressionWarning` names a solve that still cannot be trusted.
 
     Returns:
       `(weights, diagnostics)`: `Tensor[M, N]` and `RegressionDiagnostics`.
@@ -218,12 +245,20 @@ def kernel_ridge_weights(sleep_x, query_x, kernel=DEFAULTS["kernel"], bandwidth=
     if solver == "auto":
         solver = choose_solver(solver, sleep_x.shape[0])
         solver_options = options_for(solver, solver_options)
-    weights, jitter = SOLVERS[solver](KERNELS[kernel](length_scale=bandwidth), sleep_x, query_x,
-                                      tf.cast(ridge, sleep_x.dtype), **solver_options)
+    weights, jitter, condition = SOLVERS[solver](KERNELS[kernel](length_scale=bandwidth), sleep_x, query_x,
+                                                 tf.cast(ridge, sleep_x.dtype), escalate=escalate, **solver_options)
+    if tf.executing_eagerly() and not tf.reduce_all(tf.math.is_finite(weights)):
+        raise ValueError(
+            "The ridge weights are not finite: the squared distances between the sleep_x and query_x rows overflow "
+            f"{sleep_x.dtype.name} (largest |sleep_x - mean| = {float(tf.reduce_max(tf.abs(sleep_x))):.3g}, largest "
+            f"|query_x - mean| = {float(tf.reduce_max(tf.abs(query_x))):.3g}, bandwidth {float(bandwidth):.3g}): "
+            "rescale the observations or regress on features of them (KernelRidge(features=...)).")
+    if tf.executing_eagerly() and not trusted(condition, sleep_x.dtype, escalate):
+        warnings.warn(conditioning_message(condition, ridge, sleep_x.dtype, escalate), RegressionWarning, stacklevel=2)
     if intercept:
         num_sleep = tf.cast(tf.shape(weights)[-1], weights.dtype)
         weights += (1. - tf.reduce_sum(weights, axis=-1, keepdims=True)) / num_sleep
-    return weights, RegressionDiagnostics(bandwidth=bandwidth, jitter=jitter)
+    return weights, RegressionDiagnostics(bandwidth=bandwidth, jitter=jitter, condition=condition)
 
 
 def regression_weights(regression, sleep_x, query_x):
@@ -285,8 +320,9 @@ class KernelRidge(keras.layers.Layer):
     `KernelRidge()(sleep_x, query_x)` returns `alpha: [M, N]` with `alpha[m] = (K + N lam I)^{-1} k(X, x_m)`
     (Wenliang et al., 2020). The kernel comes from `tfp.math.psd_kernels`; its length scale is the
     median heuristic on a subsample of each sleep set (default) or a fixed value. With
-    `return_diagnostics=True` the call returns `(alpha, RegressionDiagnostics)`: the bandwidth used and the
-    jitter the Cholesky needed, as values (the layer's state never changes in a call).
+    `return_diagnostics=True` the call returns `(alpha, RegressionDiagnostics)`: the bandwidth used, the
+    jitter the Cholesky needed and the condition estimate of the system, as values (the layer's state never changes
+    in a call).
 
     The kernel acts on the flattened observations, or on `features` of them (summary statistics of a series,
     an embedding) when that map is given: `k(phi(x), phi(y))`. With `standardise_features=True` each column of
@@ -342,6 +378,10 @@ class KernelRidge(keras.layers.Layer):
       ard: with `learn=True`, one length scale per input dimension of the kernel (automatic relevance
         determination): the kernel compares `x / l` and `y / l` with unit length scale, so every solver supports
         it. The length scales are created at the first call (or `initialise`), when the input size is known.
+      escalate: True (default) to solve again in float64 a float32 system too ill-conditioned for float32 (small
+        ridges on duplicated, discrete observations; the cost, a float64 factorisation, is paid only then); False
+        to keep float32 (on hardware with slow float64), with a `RegressionWarning` eagerly and the `condition`
+        diagnostic to watch (`RegressionDiagnostics`).
 
     #### Examples
 
@@ -367,7 +407,7 @@ class KernelRidge(keras.layers.Layer):
     def __init__(self, kernel=DEFAULTS["kernel"], bandwidth=DEFAULTS["bandwidth"], ridge=DEFAULTS["ridge"],
                  bandwidth_subsample=DEFAULTS["bandwidth_subsample"], solver=DEFAULTS["solver"], num_features=1024,
                  num_inducing=512, seed=0, features=None, standardise_features=False,
-                 intercept=DEFAULTS["intercept"], learn=DEFAULTS["learn"], ard=False, **kwargs):
+                 intercept=DEFAULTS["intercept"], learn=DEFAULTS["learn"], ard=False, escalate=True, **kwargs):
         if kwargs.get("dtype") is None and keras.config.dtype_policy().compute_dtype in ("float16", "bfloat16"):
             kwargs["dtype"] = "float32"  # no half-precision Cholesky kernel exists
         super().__init__(**kwargs)
@@ -375,7 +415,8 @@ class KernelRidge(keras.layers.Layer):
             raise TypeError(f"features must be None or a callable mapping [B, *event_shape] (or a dict of them) to "
                             "[B, F]. "
                             f"Received: features of type {type(features).__name__}")
-        for name, flag in (("standardise_features", standardise_features), ("learn", learn), ("ard", ard)):
+        for name, flag in (("standardise_features", standardise_features), ("learn", learn), ("ard", ard),
+                           ("escalate", escalate)):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name} must be True or False. Received: {name}={flag!r}")
         if ard and not learn:
@@ -389,7 +430,7 @@ class KernelRidge(keras.layers.Layer):
         self.bandwidth_rule = bandwidth
         self.bandwidth_subsample = int(bandwidth_subsample)
         self.initial_ridge = float(ridge)
-        self.learn, self.ard = learn, ard
+        self.learn, self.ard, self.escalate = learn, ard, escalate
         if learn:  # 1 once the learned bandwidth holds a value (the median heuristic's, set by `initialise`)
             self.initialised = self._scalar_weight("initialised", 0. if isinstance(bandwidth, str) else 1.,
                                                    trainable=False)
@@ -497,7 +538,8 @@ class KernelRidge(keras.layers.Layer):
             sleep_x, query_x, kernel=self.kernel_name,
             bandwidth=tf.ones([], self.compute_dtype) if self.ard else bandwidth,
             ridge=tf.exp(tf.cast(self.log_ridge, self.compute_dtype)), solver=self.solver,
-            bandwidth_subsample=self.bandwidth_subsample, intercept=self.intercept, **self._solver_options())
+            bandwidth_subsample=self.bandwidth_subsample, intercept=self.intercept, escalate=self.escalate,
+            **self._solver_options())
         if self.ard:
             diagnostics = diagnostics._replace(bandwidth=bandwidth)
         _check_bandwidth(diagnostics.bandwidth)
@@ -551,6 +593,7 @@ class KernelRidge(keras.layers.Layer):
             "intercept": self.intercept,
             "learn": self.learn,
             "ard": self.ard,
+            "escalate": self.escalate,
         }
 
     @classmethod
