@@ -47,7 +47,7 @@ from tfp_amortised.ridge import KERNELS, median_bandwidth
 
 CRITERIA = ("loo", "gcv")
 TARGETS = ("gradient", "log_joint")
-BANDWIDTH_FACTORS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1., 2.)  # times the median heuristic
+BANDWIDTH_FACTORS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1., 2., 4.)  # times the median heuristic
 RIDGES = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.)
 
 
@@ -195,7 +195,7 @@ def selection_targets(joint, sample, *, targets="gradient", variables=None, seed
 
 
 def select_regression(regression, joint, *, num_sleep, seed, observed="x", targets="gradient", variables=None,
-                      criterion="loo", bandwidth_factors=BANDWIDTH_FACTORS, ridges=RIDGES):
+                      num_projections=2, criterion="loo", bandwidth_factors=BANDWIDTH_FACTORS, ridges=RIDGES):
     """Draws a sleep set, selects the hyperparameters on it, and writes them into `regression`'s variables.
 
     Cost: `num_sleep` sleep draws and targets, then `B` Gram matrices and eigendecompositions of size
@@ -209,7 +209,7 @@ def select_regression(regression, joint, *, num_sleep, seed, observed="x", targe
       num_sleep: number of sleep samples to select on.
       seed: stateless seed `int32[2]` of the sleep draws (and of the projections, folded with 1).
       observed: name of the observed node.
-      targets, variables: see `selection_targets`.
+      targets, variables, num_projections: see `selection_targets`.
       criterion, bandwidth_factors, ridges: see `select_hyperparameters`.
 
     Returns:
@@ -223,7 +223,7 @@ def select_regression(regression, joint, *, num_sleep, seed, observed="x", targe
     seed = check_seed(seed)
     sample = sleep(joint, num_sleep, seed)
     values = selection_targets(joint, sample, targets=targets, variables=variables,
-                               seed=tf.random.experimental.stateless_fold_in(seed, 1))
+                               seed=tf.random.experimental.stateless_fold_in(seed, 1), num_projections=num_projections)
     sleep_x, _ = regression.kernel_inputs(sample[observed], sample[observed][:1])
     selection = select_hyperparameters(sleep_x, values, kernel=regression.kernel_name,
                                        bandwidth_factors=bandwidth_factors, ridges=ridges, criterion=criterion,
