@@ -98,7 +98,8 @@ def summary_table(results, sizes):
     fixed = {(n, f, s): e for n, setting, f, s, e, *_ in results if setting == "fixed"}
     ratios = {}
     for name, setting, form, size, error, *_ in results:
-        ratios.setdefault(setting, {}).setdefault((form, size), []).append(float(np.log(error / fixed[name, form, size])))
+        ratio = error / fixed[name, form, size]
+        ratios.setdefault(setting, {}).setdefault((form, size), []).append(float(np.log(ratio)))
     columns = [(form, size) for form in FORMS for size in sizes]
     rows = [[setting, *[f"{np.exp(np.mean(values[c])):.3f}" if c in values else "-" for c in columns],
              f"{np.exp(max(max(v) for v in values.values())):.2f}"] for setting, values in ratios.items()]

@@ -166,7 +166,7 @@ def select_hyperparameters(sleep_x, targets, *, kernel="gaussian", bandwidth_fac
                      bandwidths=tf.cast(bandwidths, dtype))
 
 
-def selection_targets(joint, sample, *, targets="gradient", variables=None, seed=None, num_projections=2):
+def selection_targets(joint, sample, *, targets="gradient", variables=None, seed=None, num_projections=8):
     """The regression targets of each sleep sample: projected log-joint gradients or the centred log-joint.
 
     Args:
@@ -195,7 +195,7 @@ def selection_targets(joint, sample, *, targets="gradient", variables=None, seed
 
 
 def select_regression(regression, joint, *, num_sleep, seed, observed="x", targets="gradient", variables=None,
-                      num_projections=2, criterion="loo", bandwidth_factors=BANDWIDTH_FACTORS, ridges=RIDGES):
+                      num_projections=8, criterion="loo", bandwidth_factors=BANDWIDTH_FACTORS, ridges=RIDGES):
     """Draws a sleep set, selects the hyperparameters on it, and writes them into `regression`'s variables.
 
     Cost: `num_sleep` sleep draws and targets, then `B` Gram matrices and eigendecompositions of size
@@ -245,22 +245,24 @@ class SelectRegression(keras.callbacks.Callback):
     ```python
     learner = AmortisedLearner(model, num_sleep=2000, regression=KernelRidge(bandwidth=1.))
     learner.compile(optimizer=keras.optimizers.Adam(0.05))
-    learner.fit(x, epochs=10, callbacks=[SelectRegression(every=20, num_sleep=1000)])
+    learner.fit(x, epochs=10, callbacks=[SelectRegression(every=20)])
     ```
 
     Args:
       every: steps between selections.
-      num_sleep: sleep samples to select on (default: the learner's `num_sleep`).
-      targets, criterion: see `select_regression`.
+      num_sleep: sleep samples to select on (500: `benchmarks/selection_quality`'s setting).
+      targets, num_projections, criterion: see `select_regression` (defaults: its best setting in
+        `benchmarks/selection_quality`).
     """
 
-    def __init__(self, every=20, num_sleep=None, targets="gradient", criterion="loo"):
+    def __init__(self, every=20, num_sleep=500, targets="gradient", num_projections=8, criterion="loo"):
         super().__init__()
         if not (isinstance(every, int) and every >= 1):
             raise ValueError(f"every must be a positive integer. Received: every={every!r}")
         check_targets(targets)
         check_criterion(criterion)
         self.every, self.num_sleep, self.targets, self.criterion = every, num_sleep, targets, criterion
+        self.num_projections = num_projections
         self._select = None
 
     def on_train_batch_begin(self, batch, logs=None):
@@ -270,9 +272,10 @@ class SelectRegression(keras.callbacks.Callback):
         learner = self.model
         if self._select is None:
             self._select = tf.function(lambda seed: select_regression(
-                learner.regression, learner.joint_distribution, num_sleep=self.num_sleep or learner.num_sleep,
-                seed=seed, observed=learner.observed, targets=self.targets,
-                variables=learner.generative_model.trainable_variables, criterion=self.criterion))
+                learner.regression, learner.joint_distribution, num_sleep=self.num_sleep, seed=seed,
+                observed=learner.observed, targets=self.targets,
+                variables=learner.generative_model.trainable_variables, num_projections=self.num_projections,
+                criterion=self.criterion))
         seed = getattr(learner, "seed", None)
         self._select(tf.constant([0 if not isinstance(seed, int) else seed, iteration], tf.int32))
 
