@@ -11,7 +11,9 @@ from tfp_amortised.estimator import (AmortisedStep, amortised_step, prior_log_li
                                      surrogate_log_marginal, weighted_log_joint)
 from tfp_amortised.generative import ConstrainedWeight, GenerativeModel
 from tfp_amortised.learner import AmortisedLearner
-from tfp_amortised.ridge import KernelRidge, RegressionDiagnostics, median_bandwidth, regression_weights
+from tfp_amortised.ridge import (KernelRidge, RegressionDiagnostics, RegressionWarning, median_bandwidth,
+                                 regression_weights)
+from tfp_amortised.selection import SelectRegression, select_regression
 from tfp_amortised.solvers import ridge_weights
 
 __version__ = "0.1.0"
@@ -25,10 +27,13 @@ __all__ = [
     "Learner",
     "TensorBoard",
     "RegressionDiagnostics",
+    "RegressionWarning",
+    "SelectRegression",
     "amortised_step",
     "median_bandwidth",
     "prior_log_likelihood",
     "regression_weights",
+    "select_regression",
     "ridge_expectation",
     "ridge_weights",
     "sleep",
