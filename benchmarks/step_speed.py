@@ -19,9 +19,10 @@ its own) times
     log-density over the N + 64 samples), reported beside the parts: a learning regression's step and evaluation
     compute them, a fixed regression's training step does not.
 
-`--only autobatched` times the conditional-form step (with gradient) of one Gaussian mixture written as an
-AutoBatched and as an explicitly batched JointDistributionCoroutine; `--only auto` tabulates step time and
-softplus gradient error of every solver and of `solver="auto"` for N = 500 .. 50 000.
+`--only autobatched` times the conditional-form step (with gradient, with and without the held-out targets) of
+one Gaussian mixture written as an AutoBatched and as an explicitly batched JointDistributionCoroutine;
+`--only auto` tabulates step time and softplus gradient error of every solver and of `solver="auto"` for
+N = 500 .. 50 000.
 
 Models: `BinaryImageModel` below (20 Gaussian latents, a hidden layer of 256, 784 Bernoulli pixels: the
 model of issue 5) and `tfp_amortised.models.circle.CircleModel` (10 x 10 images, one angle latent).
@@ -265,8 +266,9 @@ def _part_times(model, ridge, solver, num_sleep, options, wake_x, repeats):
 
 
 def autobatched_ratio(num_sleep, repeats, num_wake=NUM_WAKE):
-    """Seconds of the conditional-form step (surrogate, held-out targets, gradient) of one Gaussian mixture
-    written as an AutoBatched and as an explicitly batched JointDistributionCoroutine, timed interleaved."""
+    """Seconds of the conditional-form step of one Gaussian mixture written as an AutoBatched and as an explicitly
+    batched JointDistributionCoroutine, timed interleaved: the training step of a fixed regression (surrogate and
+    gradient) and the step with the held-out targets (a learning regression's, and evaluation's)."""
     keras.utils.set_random_seed(0)
     logits = keras.Variable(np.zeros(3, np.float32))
     means = keras.Variable(np.random.default_rng(0).normal(size=(3, 2)).astype(np.float32))
@@ -281,16 +283,18 @@ def autobatched_ratio(num_sleep, repeats, num_wake=NUM_WAKE):
              "batched": lambda: tfd.JointDistributionCoroutine(mixture(Root))}
     wake_x = sleep(kinds["batched"](), num_wake, seed=[1, 2])["x"]
 
-    def step_fn(joint):
+    def step_fn(joint, held_out_error):
         @tf.function
         def step():
             with tf.GradientTape() as tape:
                 result = amortised_step(joint, wake_x, num_sleep=num_sleep, seed=tf.constant([3, 4]),
-                                        form="conditional", num_holdout=NUM_HOLDOUT, variables=[logits, means])
+                                        form="conditional", num_holdout=NUM_HOLDOUT, variables=[logits, means],
+                                        held_out_error=held_out_error)
             return tape.gradient(result.loss, [logits, means]), result.diagnostics
         return step
 
-    return _interleaved_times({kind: step_fn(joint) for kind, joint in kinds.items()}, repeats)
+    return _interleaved_times({f"{kind}{'_held_out' if held_out else ''}": step_fn(joint, held_out)
+                               for kind, joint in kinds.items() for held_out in (False, True)}, repeats)
 
 
 def _gradient_error(solver, num_sleep, options, num_wake=NUM_WAKE):
@@ -410,9 +414,12 @@ def main():
     if "autobatched" in only:
         num_sleep = 500 if args.quick else 1000
         times = autobatched_ratio(num_sleep, repeats)
-        print(markdown_table(["N", "M", "AutoBatched step (s)", "batched step (s)", "AutoBatched / batched"],
-                             [[num_sleep, NUM_WAKE, times["autobatched"][0], times["batched"][0],
-                               times["autobatched"][0] / times["batched"][0]]], float_format="{:.3g}"))
+        print(markdown_table(["N", "M", "step", "AutoBatched (s)", "batched (s)", "AutoBatched / batched"],
+                             [[num_sleep, NUM_WAKE, label, times[f"autobatched{key}"][0], times[f"batched{key}"][0],
+                               times[f"autobatched{key}"][0] / times[f"batched{key}"][0]]
+                              for label, key in (("training (fixed regression)", ""),
+                                                 ("with held-out targets (learning, evaluation)", "_held_out"))],
+                             float_format="{:.3g}"))
     if "auto" in only:
         print(auto_table(run(QUICK_AUTO if args.quick else AUTO, options, repeats, side_by_side=False)))
     print(f"wall time {time.time() - start:.0f} s")

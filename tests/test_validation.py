@@ -228,22 +228,6 @@ def test_sample_weights_are_refused_not_ignored(learner):
         learner.fit(x, sample_weight=np.ones(16, np.float32), batch_size=8, epochs=1, verbose=0)
 
 
-def test_the_regression_computes_in_float32_under_a_mixed_precision_policy():
-    x = np.random.default_rng(0).normal(size=[64, 2]).astype(np.float32)
-    keras.config.set_dtype_policy("mixed_float16")
-    try:
-        regression = KernelRidge()
-        weights = regression(x, x[:4])
-        learner = AmortisedLearner(FactorAnalysisModel(1, 2, seed=1), num_sleep=32, num_holdout=8, seed=3)
-        learner.compile(optimizer=keras.optimizers.Adam(0.05))
-        history = learner.fit(x, batch_size=16, epochs=1, verbose=0)
-    finally:
-        keras.config.set_dtype_policy("float32")
-    assert regression.compute_dtype == "float32" and weights.dtype == tf.float32
-    np.testing.assert_allclose(weights, KernelRidge()(x, x[:4]), rtol=1e-6)
-    assert np.isfinite(history.history["loss"]).all()
-
-
 @pytest.mark.parametrize("seed", [[1], [1, 2, 3], [[1, 2]], [0.5, 1.]])
 def test_a_seed_of_the_wrong_shape_or_type_is_named(seed):
     with pytest.raises(ValueError, match="seed must be a stateless seed.*Received: seed of shape"):
