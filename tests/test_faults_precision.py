@@ -54,3 +54,11 @@ def test_fit_under_a_mixed_policy_trains_as_in_float32(policy, run_eagerly, lear
     assert max(np.abs(e - i).max() for e, i in zip(expected, initial)) > 0.05  # training moved the weights
     for actual, reference in zip(weights, expected):
         np.testing.assert_allclose(actual, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_loss_scaling_is_refused():
+    """Keras wraps the optimiser in a `LossScaleOptimizer` under `mixed_float16` by default, which divides the
+    gradients by the loss scale; the learners' losses are float32 and never scaled, so it is off and refused."""
+    learner = AmortisedLearner(FactorAnalysisModel(1, 2, seed=1), num_sleep=16)
+    with pytest.raises(ValueError, match="loss scaling does not apply"):
+        learner.compile(optimizer="adam", auto_scale_loss=True)

@@ -78,6 +78,25 @@ class Learner(keras.Model):
         self.trackers.update({name: keras.metrics.Sum(name) for name in SKIP_METRICS})
         self.built = True
 
+    def compile(self, optimizer="rmsprop", *, auto_scale_loss=False, **kwargs):
+        """`keras.Model.compile` without loss scaling: the learners compute their loss and gradients in float32
+        whatever the global dtype policy, so under `mixed_float16` Keras' default `LossScaleOptimizer` would divide
+        gradients that were never scaled (a silently 2^15 times smaller step).
+
+        Raises:
+          ValueError: for `auto_scale_loss=True`.
+        """
+        if auto_scale_loss:
+            raise ValueError(f"{type(self).__name__} computes in float32 whatever the dtype policy: loss scaling "
+                             "does not apply. Received: auto_scale_loss=True")
+        super().compile(optimizer=optimizer, auto_scale_loss=False, **kwargs)
+
+    def compile_from_config(self, config):
+        """Keras loading hook (Keras skips it for a custom `compile`): compiles with `get_compile_config()`, every
+        optimiser included, and builds the optimisers so their saved state can be loaded."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        self.build_optimizers()
+
     @property
     def metrics(self):
         return list(self.trackers.values())

@@ -118,12 +118,6 @@ class AmortisedLearner(Learner):
             keras.optimizers.Adam(0.1) if regression_optimizer is None else regression_optimizer)
         self._compile_config.config["regression_optimizer"] = self.regression_optimizer
 
-    def compile_from_config(self, config):
-        """Keras loading hook: compiles with both optimisers of `get_compile_config()` and builds them."""
-        config = keras.saving.deserialize_keras_object(config)
-        self.compile(**config)
-        self.build_optimizers()
-
     def objective(self, wake_x, seed, training=True):
         """`amortised_step` on the wake batch: its loss (plus the held-out regression loss when the regression
         learns), and the global loss and diagnostics to log.
