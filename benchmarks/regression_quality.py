@@ -1,9 +1,11 @@
-"""Regression quality: fixed (median heuristic) against learned kernel ridge hyperparameters (issue 11).
+"""Regression quality: fixed (median heuristic), learned and selected kernel ridge hyperparameters (issue 11).
 
 Rows are regression settings: `fixed` = `KernelRidge()` (median heuristic bandwidth, lambda 1e-3); `learned` =
 `KernelRidge(learn=True)` (log bandwidth and log ridge trained online on the held-out regression error, with
 `regression_optimizer=keras.optimizers.Adam(lr)`); `learned-ard` = `KernelRidge(learn=True, ard=True)`; on the
-state-space model also the kernel on lag-0..5 autocovariances of the series (`*-acov`). Both forms.
+state-space model also the kernel on lag-0..5 autocovariances of the series (`*-acov`); in (b) also `selected` =
+`KernelRidge(bandwidth=1.)` whose bandwidth and lambda `SelectRegression(every=20)` chooses by exact leave-one-out
+error every 20 steps (`tfp_amortised.selection`). Both forms.
 
 Three measurements, on six models with an exact `log_marginal`:
 
@@ -22,6 +24,7 @@ Three measurements, on six models with an exact `log_marginal`:
     python -m benchmarks.regression_quality                  # full size
     python -m benchmarks.regression_quality --quick          # a few minutes
     python -m benchmarks.regression_quality --only timing    # one part: gradient, learning or timing
+    python -m benchmarks.regression_quality --only learning --settings fixed,selected --forms joint
 """
 
 import math
@@ -41,6 +44,7 @@ from tfp_amortised.learner import AmortisedLearner
 from tfp_amortised.models import (AutoregressiveStateSpaceModel, BernoulliMixtureModel, FactorAnalysisModel,
                                   GaussianMixtureModel, SigmoidBeliefNetworkModel, SoftplusGaussianModel)
 from tfp_amortised.ridge import KernelRidge
+from tfp_amortised.selection import SelectRegression
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -48,6 +52,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 FORMS = ("joint", "conditional")
 REGRESSION_LRS = (0.05, 0.1, 0.2)
 ARD_IN_LEARNING = False  # set by --learning-ard
+LEARNING_SETTINGS = None  # (b)'s settings, all when None: set by --settings
+LEARNING_FORMS = FORMS  # (b)'s forms: set by --forms
 
 
 @keras.saving.register_keras_serializable(package="benchmarks")
@@ -73,13 +79,18 @@ class AutocovarianceFeatures(keras.layers.Layer):
 
 
 def regression_layer(setting):
-    """The `KernelRidge` of a setting name: fixed, learned, learned-ard, with `-acov` for the series features."""
+    """The `KernelRidge` of a setting name: fixed, learned, learned-ard, selected; `-acov` for the series features.
+
+    `selected` holds a numeric start bandwidth (1, replaced before the first step) for `SelectRegression` to write.
+    """
     options = {}
     if setting.endswith("-acov"):
         options = {"features": AutocovarianceFeatures(), "standardise_features": True}
         setting = setting[:-len("-acov")]
     if setting == "fixed":
         return KernelRidge(**options)
+    if setting == "selected":
+        return KernelRidge(bandwidth=1., **options)
     return KernelRidge(learn=True, ard=setting == "learned-ard", **options)
 
 
@@ -315,16 +326,20 @@ def learn(problem, setting, form, seed, args):
         learner.compile(optimizer=keras.optimizers.Adam(problem.learning_rate),
                         regression_optimizer=keras.optimizers.Adam(args.regression_lr))
     recorder = HeldOut(problem, model, every=max(1, problem.epochs // 10))
+    callbacks = [recorder] + ([SelectRegression(every=20)] if setting == "selected" else [])
     learner.fit(problem.train, batch_size=problem.batch_size, epochs=problem.epochs, shuffle=False, verbose=0,
-                callbacks=[recorder])
+                callbacks=callbacks)
     return np.array(recorder.values)
 
 
-def learning_settings(problem):
-    """Fixed and learned (ARD only with --learning-ard, for lack of time on a shared machine); on the state-space
-    model also the learned kernel on autocovariances."""
+def learning_runs(problem):
+    """`(setting, form)` pairs of (b): fixed, learned and selected (ARD only with --learning-ard, for lack of time
+    on a shared machine); on the state-space model also the learned kernel on autocovariances; each in
+    `LEARNING_FORMS`, and only the `LEARNING_SETTINGS` when given."""
     settings = ["fixed", "learned"] + (["learned-ard"] if ARD_IN_LEARNING and 1 < problem.data_dim <= 20 else [])
-    return settings + [name for name in problem.extra_settings if name.startswith("learned")]
+    settings += [name for name in problem.extra_settings if name.startswith("learned")] + ["selected"]
+    return [(setting, form) for setting in settings if LEARNING_SETTINGS is None or setting in LEARNING_SETTINGS
+            for form in LEARNING_FORMS]
 
 
 def learning_part(problem_list, args):
@@ -334,10 +349,8 @@ def learning_part(problem_list, args):
     for seed in range(args.seeds):
         for problem in problem_list:
             curves.setdefault((problem.name, "oracle", "-"), []).append(learn(problem, "oracle", None, seed, args))
-            for setting in learning_settings(problem):
-                for form in FORMS:
-                    curves.setdefault((problem.name, setting, form), []).append(
-                        learn(problem, setting, form, seed, args))
+            for setting, form in learning_runs(problem):
+                curves.setdefault((problem.name, setting, form), []).append(learn(problem, setting, form, seed, args))
             print(f"  learning {problem.name} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
         print(f"\n(partial, seeds 0..{seed})\n{learning_table(problem_list, curves)}\n", flush=True)
     return curves
@@ -354,14 +367,13 @@ def learning_table(problem_list, curves):
         rows.append([problem.name, "oracle (exact gradient)", "-", f"{oracle.mean():.4f}",
                      f"(truth {problem.truth_test:.4f}; oracle change over its last {span} of {problem.epochs} "
                      f"epochs {last_gain:+.4f})", "", ""])
-        for setting in learning_settings(problem):
-            for form in FORMS:
-                gaps = np.array([curve[-1] for curve in curves[problem.name, setting, form]]) - oracle
-                within = np.abs(gaps) <= problem.goal
-                rows.append([problem.name, setting, form, f"{(oracle + gaps).mean():.4f}",
-                             f"{gaps.mean():+.4f} [{gaps.min():+.4f}, {gaps.max():+.4f}]",
-                             f"{problem.goal:g} / {problem.unit}",
-                             f"{'yes' if within.all() else 'no'} ({within.sum()}/{len(gaps)})"])
+        for setting, form in learning_runs(problem):
+            gaps = np.array([curve[-1] for curve in curves[problem.name, setting, form]]) - oracle
+            within = np.abs(gaps) <= problem.goal
+            rows.append([problem.name, setting, form, f"{(oracle + gaps).mean():.4f}",
+                         f"{gaps.mean():+.4f} [{gaps.min():+.4f}, {gaps.max():+.4f}]",
+                         f"{problem.goal:g} / {problem.unit}",
+                         f"{'yes' if within.all() else 'no'} ({within.sum()}/{len(gaps)})"])
     header = ["model", "regression", "form", "held-out log p(x) (mean)", "learner - oracle: mean [min, max]",
               "goal", "|gap| within goal (seeds)"]
     return markdown_table(header, rows)
@@ -443,15 +455,14 @@ def plot(problem_list, gradient_results, curves, args, path):
         labels, means, lows, highs, colours = [], [], [], [], []
         for index, problem in enumerate(problem_list):
             oracle = np.array([curve[-1] for curve in curves[problem.name, "oracle", "-"]])
-            for setting in learning_settings(problem):
-                for form in FORMS:
-                    gaps = (np.array([curve[-1] for curve in curves[problem.name, setting, form]]) - oracle)
-                    gaps = gaps / problem.goal  # in units of the goal
-                    labels.append(f"{problem.name} {setting} {form[0]}")
-                    means.append(gaps.mean())
-                    lows.append(gaps.mean() - gaps.min())
-                    highs.append(gaps.max() - gaps.mean())
-                    colours.append(f"C{index}")
+            for setting, form in learning_runs(problem):
+                gaps = (np.array([curve[-1] for curve in curves[problem.name, setting, form]]) - oracle)
+                gaps = gaps / problem.goal  # in units of the goal
+                labels.append(f"{problem.name} {setting} {form[0]}")
+                means.append(gaps.mean())
+                lows.append(gaps.mean() - gaps.min())
+                highs.append(gaps.max() - gaps.mean())
+                colours.append(f"C{index}")
         _plot_gaps(axis, labels, means, lows, highs, colours)
     save_figure(figure, path)
 
@@ -548,6 +559,9 @@ def main():
                         help="the learned settings' Adam learning rate in (b) and (c) (default: the best of (a) "
                         "when it runs, else 0.1)")
     parser.add_argument("--learning-ard", action="store_true", help="also learn with learned-ard in (b)")
+    parser.add_argument("--settings", default=None, help="comma-separated subset of (b)'s settings: fixed, learned, "
+                        "learned-ard, learned-acov, selected (default: all; the oracle always runs)")
+    parser.add_argument("--forms", default=",".join(FORMS), help="comma-separated forms of (b) (default: both)")
     parser.add_argument("--gradient-sizes", default=None, help="comma-separated N of (a) (default 1000,2000)")
     parser.add_argument("--sweep-lrs", default=None, help="comma-separated regression lrs of (a) (default "
                         "0.05,0.1,0.2)")
@@ -560,8 +574,16 @@ def main():
         plot_from_logs(args.plot_from.split(","), path)
         print(f"plot: {path}")
         return
-    global ARD_IN_LEARNING, REGRESSION_LRS
-    ARD_IN_LEARNING = args.learning_ard
+    global ARD_IN_LEARNING, LEARNING_FORMS, LEARNING_SETTINGS, REGRESSION_LRS
+    ARD_IN_LEARNING = args.learning_ard or args.settings is not None and "learned-ard" in args.settings.split(",")
+    if args.settings:
+        LEARNING_SETTINGS = tuple(args.settings.split(","))
+        unknown = set(LEARNING_SETTINGS) - {"fixed", "learned", "learned-ard", "learned-acov", "selected"}
+        if unknown:
+            parser.error(f"--settings: unknown {sorted(unknown)}. Received: --settings={args.settings}")
+    LEARNING_FORMS = tuple(args.forms.split(","))
+    if set(LEARNING_FORMS) - set(FORMS):
+        parser.error(f"--forms must be a subset of {','.join(FORMS)}. Received: --forms={args.forms}")
     if args.sweep_lrs:
         REGRESSION_LRS = tuple(float(value) for value in args.sweep_lrs.split(","))
     args.seeds = args.seeds or (2 if args.quick else 5)
@@ -611,7 +633,8 @@ def main():
     if "learning" in parts:
         curves = learning_part(problem_list, args)
         outputs.append(f"### (b) Learning: final held-out log-likelihood, amortised minus exact-gradient oracle "
-                       f"({args.seeds} seeds; N={args.num_sleep}; learned: regression lr {args.regression_lr:g})"
+                       f"({args.seeds} seeds; N={args.num_sleep}; learned: regression lr {args.regression_lr:g}; "
+                       "selected: SelectRegression(every=20), LOO on 500 sleep samples)"
                        f"\n\n{learning_table(problem_list, curves)}")
     if "timing" in parts:
         timing = timing_part(problem_list, args)
