@@ -169,8 +169,7 @@ def solve(matrix, rhs, escalate=True, float64_matrix=None):
         return (tf.cast(solution64, tf.float32), tf.cast(jitter64, tf.float32),
                 tf.where(condition > condition64, condition, condition64))
 
-    return tf.cond(condition * np.finfo(np.float32).eps < CONDITION_TOLERANCE,
-                   lambda: (solution, jitter, condition), in_float64)
+    return tf.cond(trusted(condition, tf.float32, escalate=False), lambda: (solution, jitter, condition), in_float64)
 
 
 def trusted(condition, dtype, escalate=True):
