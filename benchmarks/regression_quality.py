@@ -27,8 +27,8 @@ Three measurements, on six models with an exact `log_marginal`:
     python -m benchmarks.regression_quality --only learning --settings fixed,selected --forms joint
     python -m benchmarks.regression_quality --only gradient --solvers cholesky,nystrom,nystrom:2048 --forms joint
 
-With `--solvers` (a) compares solvers instead of settings: the fixed regression (`KernelRidge()` settings) with
-each solver, `name` or `name:size` (`num_inducing` of Nystrom, `num_features` of random features; default sizes
+With `--solvers` (a) compares solvers instead of settings: the fixed regression (`KernelRidge()` settings, and
+`fixed-acov` on the state-space model) with each solver, `name` or `name:size` (`num_inducing` of Nystrom, `num_features` of random features; default sizes
 otherwise), in the forms of `--forms`. Every solver sees the same sleep samples of each seed, so its error ratio
 to the first solver listed (the reference, normally `cholesky`) is paired per seed.
 """
@@ -84,14 +84,14 @@ class AutocovarianceFeatures(keras.layers.Layer):
         return {**super().get_config(), "max_lag": self.max_lag}
 
 
-def regression_layer(setting):
+def regression_layer(setting, **options):
     """The `KernelRidge` of a setting name: fixed, learned, learned-ard, selected; `-acov` for the series features.
 
     `selected` holds a numeric start bandwidth (1, replaced before the first step) for `SelectRegression` to write.
+    `options`: further `KernelRidge` arguments (the solver's).
     """
-    options = {}
     if setting.endswith("-acov"):
-        options = {"features": AutocovarianceFeatures(), "standardise_features": True}
+        options.update(features=AutocovarianceFeatures(), standardise_features=True)
         setting = setting[:-len("-acov")]
     if setting == "fixed":
         return KernelRidge(**options)
@@ -288,21 +288,25 @@ def parse_solvers(text):
 
 
 def solver_gradient_part(problem_list, args):
-    """(a) with `--solvers`: rows `(model, form, solver label, N, [error per sleep seed])`, fixed regression."""
+    """(a) with `--solvers`: rows `(model, form, setting, solver label, N, [error per sleep seed])` for the fixed
+    settings (`fixed`, and `fixed-acov` on the state-space model)."""
     rows = []
     for problem in problem_list:
         model = problem.initial_model(0)
         x = tf.constant(problem.train[:args.num_wake])
         exact = per_point_gradients(lambda: model.log_marginal(x), model.trainable_variables)  # noqa: B023
+        settings = ["fixed"] + [name for name in problem.extra_settings if name.startswith("fixed")]
         for form in LEARNING_FORMS:
             for num_sleep in args.gradient_sizes:
                 start = time.perf_counter()
-                for label, options in args.solvers:
-                    regression = KernelRidge(**options)
-                    rows.append((problem.name, form, label, num_sleep, [median_relative_error(per_point_gradients(
-                        lambda: surrogate_log_marginal(model.joint_distribution, x, num_sleep=num_sleep,  # noqa
-                                                       seed=[repeat, num_sleep], regression=regression, form=form),
-                        model.trainable_variables), exact) for repeat in range(args.repeats)]))
+                for setting in settings:
+                    for label, options in args.solvers:
+                        regression = regression_layer(setting, **options)
+                        rows.append((problem.name, form, setting, label, num_sleep, [median_relative_error(
+                            per_point_gradients(lambda: surrogate_log_marginal(  # noqa: B023
+                                model.joint_distribution, x, num_sleep=num_sleep, seed=[repeat, num_sleep],
+                                regression=regression, form=form), model.trainable_variables), exact)
+                            for repeat in range(args.repeats)]))
                 print(f"  gradient {problem.name} N={num_sleep} {form}: {time.perf_counter() - start:.0f} s",
                       flush=True)
         print(f"\n(partial, after {problem.name})\n{solver_table(rows, args.gradient_sizes)}\n", flush=True)
@@ -310,20 +314,21 @@ def solver_gradient_part(problem_list, args):
 
 
 def solver_table(rows, sizes):
-    """One row per (model, form, solver); per N the mean error [min, max over seeds] and the mean of the per-seed
-    ratios to the first solver's error at the same seed."""
-    errors = {(name, form, label, size): values for name, form, label, size, values in rows}
-    reference = rows[0][2]
+    """One row per (model, form, setting, solver); per N the mean error [min, max over seeds] and the mean of the
+    per-seed ratios to the first solver's error (same setting, same seed)."""
+    errors = {row[:5]: row[5] for row in rows}
+    reference = rows[0][3]
     cells = []
-    for name, form, label in dict.fromkeys((name, form, label) for name, form, label, *_ in rows):
-        cell = [name, form, label]
+    for name, form, setting, label in dict.fromkeys(row[:4] for row in rows):
+        cell = [name, form, setting, label]
         for size in sizes:
-            values, base = errors.get((name, form, label, size)), errors.get((name, form, reference, size))
+            values, base = errors.get((name, form, setting, label, size)), errors.get(
+                (name, form, setting, reference, size))
             cell += (["-", "-"] if values is None else
                      [f"{np.mean(values):.3f} [{min(values):.3f}, {max(values):.3f}]",
                       f"{np.mean(np.divide(values, base)):.3f}"])
         cells.append(cell)
-    header = ["model", "form", "solver"]
+    header = ["model", "form", "regression", "solver"]
     for size in sizes:
         header += [f"N={size} error [seeds]", f"N={size} / {reference}"]
     return markdown_table(header, cells)
