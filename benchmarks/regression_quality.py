@@ -307,9 +307,8 @@ def solver_gradient_part(problem_list, args):
                                 model.joint_distribution, x, num_sleep=num_sleep, seed=[repeat, num_sleep],
                                 regression=regression, form=form), model.trainable_variables), exact)
                             for repeat in range(args.repeats)]))
-                print(f"  gradient {problem.name} N={num_sleep} {form}: {time.perf_counter() - start:.0f} s",
-                      flush=True)
-        print(f"\n(partial, after {problem.name})\n{solver_table(rows, args.gradient_sizes)}\n", flush=True)
+                print(f"  gradient {problem.name} N={num_sleep} {form}: {time.perf_counter() - start:.0f} s\n\n"
+                      f"(partial)\n{solver_table(rows, args.gradient_sizes)}\n", flush=True)
     return rows
 
 
