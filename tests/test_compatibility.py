@@ -5,6 +5,7 @@ whose regression layer was then stored under the attribute `ridge` with a third,
 `ReweightedWakeSleepLearner` written before the learners shared a base class.
 """
 
+import importlib
 import json
 import pathlib
 
@@ -12,9 +13,10 @@ import keras
 import numpy as np
 import pytest
 
-import tfp_amortised.models  # noqa: F401  (registers the model classes the files name, as a user's script would)
 from tfp_amortised import AmortisedLearner, KernelRidge
 from tfp_amortised.baselines import ReweightedWakeSleepLearner
+
+importlib.import_module("tfp_amortised.models")  # registers the model classes the files name, as a user's script would
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 

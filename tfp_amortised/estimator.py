@@ -30,7 +30,10 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_amortised import _joint, _observations, distributed
-from tfp_amortised.ridge import check_regression, flatten_events, regression_weights  # noqa: F401 (re-exported)
+from tfp_amortised import ridge as _ridge
+from tfp_amortised.ridge import check_regression, regression_weights
+
+flatten_events = _ridge.flatten_events  # re-exported: `from tfp_amortised.estimator import flatten_events` works
 
 FORMS = ("joint", "conditional")
 
