@@ -27,10 +27,11 @@ Three measurements, on six models with an exact `log_marginal`:
     python -m benchmarks.regression_quality --only learning --settings fixed,selected --forms joint
     python -m benchmarks.regression_quality --only gradient --solvers cholesky,nystrom,nystrom:2048 --forms joint
 
-With `--solvers` (a) compares solvers instead of settings: the fixed regression (`KernelRidge()` settings, and
-`fixed-acov` on the state-space model) with each solver, `name` or `name:size` (`num_inducing` of Nystrom, `num_features` of random features; default sizes
-otherwise), in the forms of `--forms`. Every solver sees the same sleep samples of each seed, so its error ratio
-to the first solver listed (the reference, normally `cholesky`) is paired per seed.
+With `--solvers` (a) compares solvers instead of settings: the fixed regression (median heuristic, lambda 1e-3,
+and `fixed-acov` on the state-space model) with each solver, `name` or `name:size` (`num_inducing` of Nystrom,
+`num_features` of random features; default sizes otherwise), in the forms of `--forms`. Every solver sees the
+same sleep samples of each seed, so its error ratio to the first solver listed (the reference, normally
+`cholesky`) is paired per seed.
 """
 
 import math
