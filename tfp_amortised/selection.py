@@ -202,7 +202,7 @@ def select_hyperparameters(sleep_x, targets, *, kernel="gaussian", bandwidth_fac
       ridges: `L` positive numbers, the grid of `lam`.
       criterion: `"loo"` (default) or `"gcv"` (which has no per-sample residuals: no `current`).
       bandwidth_subsample: rows the median heuristic looks at.
-      current: None, or `(bandwidth, ridge)`, scalars: the setting held now (e.g. the previous selection).
+      current: None, or the pair `(bandwidth, ridge)` of scalars held now (e.g. the previous selection).
       tolerance: a number `>= 0` of standard errors.
 
     Returns:
@@ -226,7 +226,8 @@ def select_hyperparameters(sleep_x, targets, *, kernel="gaussian", bandwidth_fac
     selection = Selection(bandwidths[best[0]], ridge_grid[best[1]], errors, bandwidths, tf.constant(False),
                           *[tf.constant(np.nan, tf.float64)] * 2)
     if current is not None:
-        current = [tf.reshape(tf.cast(value, tf.float64), []) for value in current]
+        current = [tf.reshape(tf.cast(tf.convert_to_tensor(value, dtype_hint=tf.float64), tf.float64), [])
+                   for value in current]  # a Python float stays float64
         current_samples = loo_sample_errors(gram(current[0]), targets, current[1][tf.newaxis])[0]  # [N]
         selection = _keep_or_switch(selection, current, current_samples, samples[best[0], best[1]], tolerance)
     return selection._replace(bandwidth=tf.cast(selection.bandwidth, dtype), ridge=tf.cast(selection.ridge, dtype),
