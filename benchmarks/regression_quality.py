@@ -326,7 +326,7 @@ def learn(problem, setting, form, seed, args):
         learner.compile(optimizer=keras.optimizers.Adam(problem.learning_rate),
                         regression_optimizer=keras.optimizers.Adam(args.regression_lr))
     recorder = HeldOut(problem, model, every=max(1, problem.epochs // 10))
-    selector = SelectRegression(every=20, tolerance=args.tolerance) if setting == "selected" else None
+    selector = SelectRegression(every=args.select_every, tolerance=args.tolerance) if setting == "selected" else None
     learner.fit(problem.train, batch_size=problem.batch_size, epochs=problem.epochs, shuffle=False, verbose=0,
                 callbacks=[recorder] + ([selector] if selector else []))
     if selector:
@@ -575,6 +575,8 @@ def main():
                         "learned-ard, learned-acov, selected (default: all; the oracle always runs)")
     parser.add_argument("--tolerance", type=float, default=None, help="SelectRegression's tolerance in standard "
                         "errors for the selected setting of (b) (default 1; 0: re-select the arg-min every time)")
+    parser.add_argument("--select-every", type=int, default=20, help="steps between the selected setting's "
+                        "selections in (b) (default 20; more than the steps: select once, before the first)")
     parser.add_argument("--forms", default=",".join(FORMS), help="comma-separated forms of (b) (default: both)")
     parser.add_argument("--gradient-sizes", default=None, help="comma-separated N of (a) (default 1000,2000)")
     parser.add_argument("--sweep-lrs", default=None, help="comma-separated regression lrs of (a) (default "
@@ -601,7 +603,8 @@ def main():
     if args.sweep_lrs:
         REGRESSION_LRS = tuple(float(value) for value in args.sweep_lrs.split(","))
     args.seeds = args.seeds or (2 if args.quick else 5)
-    tolerance_suffix = "" if args.tolerance is None else f"_tolerance{args.tolerance:g}"
+    tolerance_suffix = (("" if args.tolerance is None else f"_tolerance{args.tolerance:g}")
+                        + ("" if args.select_every == 20 else f"_every{args.select_every}"))
     args.tolerance = 1. if args.tolerance is None else args.tolerance
     args.num_sleep = 300 if args.quick else 1000
     args.gradient_sizes = ((300, 600) if args.quick else (1000, 2000)) if args.gradient_sizes is None else tuple(
@@ -650,7 +653,8 @@ def main():
         curves = learning_part(problem_list, args)
         outputs.append(f"### (b) Learning: final held-out log-likelihood, amortised minus exact-gradient oracle "
                        f"({args.seeds} seeds; N={args.num_sleep}; learned: regression lr {args.regression_lr:g}; "
-                       f"selected: SelectRegression(every=20, tolerance={args.tolerance:g}), LOO on 500 sleep "
+                       f"selected: SelectRegression(every={args.select_every}, tolerance={args.tolerance:g}), LOO "
+                       "on 500 sleep "
                        "samples)"
                        f"\n\n{learning_table(problem_list, curves)}")
     if "timing" in parts:
