@@ -19,6 +19,20 @@ discrete arg-min over a grid); everything runs inside `tf.function` and under XL
 sampler draws other numbers for the same seed, so `select_regression` selects on another sleep set, and the
 Jacobi eigendecomposition is less accurate: 3e-4 relative on the errors at the smallest shift of the tests).
 
+One-standard-error rule (leave-one-out only): given the setting held now (`current=(bandwidth, ridge)`, evaluated
+exactly as one more point), `select_hyperparameters` keeps it unless the grid's best is better by more than
+`tolerance` standard errors of the paired difference of the `N` per-sample squared residuals,
+
+    d_i = sum_k (e_ik(current)^2 - e_ik(best)^2) / var(y_k),    switch iff mean(d) > tolerance * std(d) / sqrt(N),
+
+and `SelectRegression(tolerance=1.)` applies it from its second selection on, so that the choice does not move
+on noise (`tolerance=0`: the arg-min every time). It leaves the 1-D mixture and factor analysis at the exact-
+gradient oracle, but it does not rescue the 50-step state-space model (joint form): 16.4 nats per series short
+over 5 seeds against 14.2 without it and 3.6 for the median heuristic. There the later selections' moves pass the
+rule, and selecting once before the first step (`SelectRegression(every=<more than the steps>)`) ends near the
+median heuristic (4.35 short): re-selecting after the model has moved is what hurts (`benchmarks/RESULTS.md`,
+"one-standard-error rule"). GCV has no per-sample residuals: it runs without the rule (`tolerance=0`).
+
 The targets are what the step regresses: the per-sample gradient of the log-joint projected on a few random
 directions (`tfp_amortised.estimator.gradient_projections`), whose mean squared error over directions is the
 squared error of the regressed gradient, or, cheaper, the centred log-joint itself. Both are joint-form targets:
