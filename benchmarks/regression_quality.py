@@ -46,7 +46,7 @@ from tfp_amortised.learner import AmortisedLearner
 from tfp_amortised.models import (AutoregressiveStateSpaceModel, BernoulliMixtureModel, FactorAnalysisModel,
                                   GaussianMixtureModel, SigmoidBeliefNetworkModel, SoftplusGaussianModel)
 from tfp_amortised.ridge import KernelRidge
-from tfp_amortised.selection import SelectRegression
+from tfp_amortised.selection import BANDWIDTH_FACTORS, SelectRegression
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -330,10 +330,22 @@ def learn(problem, setting, form, seed, args):
         learner.compile(optimizer=keras.optimizers.Adam(problem.learning_rate),
                         regression_optimizer=keras.optimizers.Adam(args.regression_lr))
     recorder = HeldOut(problem, model, every=max(1, problem.epochs // 10))
-    callbacks = [recorder] + ([SelectRegression(every=20)] if setting == "selected" else [])
+    selector = SelectRegression(every=args.select_every, tolerance=args.tolerance) if setting == "selected" else None
     learner.fit(problem.train, batch_size=problem.batch_size, epochs=problem.epochs, shuffle=False, verbose=0,
-                callbacks=callbacks)
+                callbacks=[recorder] + ([selector] if selector else []))
+    if selector:
+        print(f"    {problem.name} {form} seed {seed}: {selection_trace(selector.history)}", flush=True)
     return np.array(recorder.values)
+
+
+def selection_trace(history):
+    """One line on `SelectRegression.history`: how often the held setting was kept, and the settings' sequence."""
+    kept = sum(bool(selection.kept) for _, selection in history[1:])
+    median = BANDWIDTH_FACTORS.index(1.)
+    changes = [f"{iteration}: ({float(selection.bandwidth / selection.bandwidths[median]):.3g}, "
+               f"{float(selection.ridge):.0e})" for iteration, selection in history if not bool(selection.kept)]
+    return (f"kept {kept} of {len(history) - 1} re-selections; (bandwidth / median, lambda) set at "
+            + ", ".join(changes))
 
 
 def learning_runs(problem):
@@ -567,6 +579,10 @@ def main():
     parser.add_argument("--settings", default=None, help="comma-separated subset of (b)'s settings: fixed, learned, "
                         "learned-mse, learned-ard, learned-acov, selected (default: all but learned-mse; the oracle "
                         "always runs)")
+    parser.add_argument("--tolerance", type=float, default=None, help="SelectRegression's tolerance in standard "
+                        "errors for the selected setting of (b) (default 1; 0: re-select the arg-min every time)")
+    parser.add_argument("--select-every", type=int, default=20, help="steps between the selected setting's "
+                        "selections in (b) (default 20; more than the steps: select once, before the first)")
     parser.add_argument("--forms", default=",".join(FORMS), help="comma-separated forms of (b) (default: both)")
     parser.add_argument("--gradient-sizes", default=None, help="comma-separated N of (a) (default 1000,2000)")
     parser.add_argument("--sweep-lrs", default=None, help="comma-separated regression lrs of (a) (default "
@@ -594,6 +610,9 @@ def main():
     if args.sweep_lrs:
         REGRESSION_LRS = tuple(float(value) for value in args.sweep_lrs.split(","))
     args.seeds = args.seeds or (2 if args.quick else 5)
+    tolerance_suffix = (("" if args.tolerance is None else f"_tolerance{args.tolerance:g}")
+                        + ("" if args.select_every == 20 else f"_every{args.select_every}"))
+    args.tolerance = 1. if args.tolerance is None else args.tolerance
     args.num_sleep = 300 if args.quick else 1000
     args.gradient_sizes = ((300, 600) if args.quick else (1000, 2000)) if args.gradient_sizes is None else tuple(
         int(value) for value in args.gradient_sizes.split(","))
@@ -641,7 +660,9 @@ def main():
         curves = learning_part(problem_list, args)
         outputs.append(f"### (b) Learning: final held-out log-likelihood, amortised minus exact-gradient oracle "
                        f"({args.seeds} seeds; N={args.num_sleep}; learned: regression lr {args.regression_lr:g}; "
-                       "selected: SelectRegression(every=20), LOO on 500 sleep samples)"
+                       f"selected: SelectRegression(every={args.select_every}, tolerance={args.tolerance:g}), LOO "
+                       "on 500 sleep "
+                       "samples)"
                        f"\n\n{learning_table(problem_list, curves)}")
     if "timing" in parts:
         timing = timing_part(problem_list, args)
@@ -650,7 +671,7 @@ def main():
                        f"quiet machine)\n\n{timing_table(timing)}")
     if gradient_results is not None or curves is not None:
         suffix = (("_quick" if args.quick else "") + (f"_{args.only}" if args.only else "")
-                  + (f"_{args.models.replace(',', '_')}" if args.models else ""))
+                  + (f"_{args.models.replace(',', '_')}" if args.models else "") + tolerance_suffix)
         path = plot_path(f"regression_quality{suffix}.png")
         plot(problem_list, gradient_results, curves, args, path)
         outputs.append(f"plot: {path}")
