@@ -20,7 +20,7 @@ Three measurements, on six models with an exact `log_marginal`:
       `ExactGradientLearner` (exact gradient ascent) from the same initialisation, with the same optimiser
       (Adam, same learning rate), the same batches (`shuffle=False`), batch size and epochs; goal: within
       0.01 nats per observation (0.2 nats per series on the state-space model).
-  (c) timing: the median train-step time of learned (and ARD) relative to fixed, at N = 1000 and 4000 on the 1-D
+  (c) timing: the median train-step time of learned (and learned-mse, ARD) relative to fixed, at N = 1000 and 4000 on the 1-D
       mixture and the sigmoid belief network, measured in one interleaved run (warm up, then alternate).
 
     python -m benchmarks.regression_quality                  # full size
@@ -409,7 +409,7 @@ def timing_part(problem_list, args):
         batch = tf.constant(problem.train[:problem.batch_size])
         for num_sleep in args.timing_sizes:
             learners = {}
-            for setting in ("fixed", "learned", "learned-ard"):
+            for setting in ("fixed", "learned", "learned-mse", "learned-ard"):
                 learner = AmortisedLearner(problem.initial_model(0), num_sleep=num_sleep,
                                            regression=regression_layer(setting), seed=0)
                 learner.compile(optimizer=keras.optimizers.Adam(problem.learning_rate),
