@@ -20,8 +20,9 @@ Three measurements, on six models with an exact `log_marginal`:
       `ExactGradientLearner` (exact gradient ascent) from the same initialisation, with the same optimiser
       (Adam, same learning rate), the same batches (`shuffle=False`), batch size and epochs; goal: within
       0.01 nats per observation (0.2 nats per series on the state-space model).
-  (c) timing: the median train-step time of learned (and learned-mse, ARD) relative to fixed, at N = 1000 and 4000 on the 1-D
-      mixture and the sigmoid belief network, measured in one interleaved run (warm up, then alternate).
+  (c) timing: the median train-step time of learned (and learned-mse, ARD) relative to fixed, at N = 1000 and
+      4000 on the 1-D mixture and the sigmoid belief network, measured in one interleaved run (warm up, then
+      alternate).
 
     python -m benchmarks.regression_quality                  # full size
     python -m benchmarks.regression_quality --quick          # a few minutes
