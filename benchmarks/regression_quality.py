@@ -2,7 +2,9 @@
 
 Rows are regression settings: `fixed` = `KernelRidge()` (median heuristic bandwidth, lambda 1e-3); `learned` =
 `KernelRidge(learn=True)` (log bandwidth and log ridge trained online on the held-out regression error, with
-`regression_optimizer=keras.optimizers.Adam(lr)`); `learned-ard` = `KernelRidge(learn=True, ard=True)`; on the
+`regression_optimizer=keras.optimizers.Adam(lr)`, and the default `variance_weight=0.1`: noise + bias^2 + 0.1
+variance); `learned-mse` = the same on the held-out mean squared error (`variance_weight=1.`, the authors'
+objective and this package's before 0.2; only in (b) when named in `--settings`); `learned-ard` = `KernelRidge(learn=True, ard=True)`; on the
 state-space model also the kernel on lag-0..5 autocovariances of the series (`*-acov`); in (b) also `selected` =
 `KernelRidge(bandwidth=1.)` whose bandwidth and lambda `SelectRegression(every=20)` chooses by exact leave-one-out
 error every 20 steps (`tfp_amortised.selection`). Both forms.
@@ -18,8 +20,9 @@ Three measurements, on six models with an exact `log_marginal`:
       `ExactGradientLearner` (exact gradient ascent) from the same initialisation, with the same optimiser
       (Adam, same learning rate), the same batches (`shuffle=False`), batch size and epochs; goal: within
       0.01 nats per observation (0.2 nats per series on the state-space model).
-  (c) timing: the median train-step time of learned (and ARD) relative to fixed, at N = 1000 and 4000 on the 1-D
-      mixture and the sigmoid belief network, measured in one interleaved run (warm up, then alternate).
+  (c) timing: the median train-step time of learned (and learned-mse, ARD) relative to fixed, at N = 1000 and
+      4000 on the 1-D mixture and the sigmoid belief network, measured in one interleaved run (warm up, then
+      alternate).
 
     python -m benchmarks.regression_quality                  # full size
     python -m benchmarks.regression_quality --quick          # a few minutes
@@ -51,7 +54,7 @@ from tfp_amortised.learner import AmortisedLearner
 from tfp_amortised.models import (AutoregressiveStateSpaceModel, BernoulliMixtureModel, FactorAnalysisModel,
                                   GaussianMixtureModel, SigmoidBeliefNetworkModel, SoftplusGaussianModel)
 from tfp_amortised.ridge import KernelRidge
-from tfp_amortised.selection import SelectRegression
+from tfp_amortised.selection import BANDWIDTH_FACTORS, SelectRegression
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -98,6 +101,8 @@ def regression_layer(setting, **options):
         return KernelRidge(**options)
     if setting == "selected":
         return KernelRidge(bandwidth=1., **options)
+    if setting == "learned-mse":  # the authors' objective, the held-out mean squared error (the default before 0.2)
+        return KernelRidge(learn=True, variance_weight=1., **options)
     return KernelRidge(learn=True, ard=setting == "learned-ard", **options)
 
 
@@ -393,10 +398,22 @@ def learn(problem, setting, form, seed, args):
         learner.compile(optimizer=keras.optimizers.Adam(problem.learning_rate),
                         regression_optimizer=keras.optimizers.Adam(args.regression_lr))
     recorder = HeldOut(problem, model, every=max(1, problem.epochs // 10))
-    callbacks = [recorder] + ([SelectRegression(every=20)] if setting == "selected" else [])
+    selector = SelectRegression(every=args.select_every, tolerance=args.tolerance) if setting == "selected" else None
     learner.fit(problem.train, batch_size=problem.batch_size, epochs=problem.epochs, shuffle=False, verbose=0,
-                callbacks=callbacks)
+                callbacks=[recorder] + ([selector] if selector else []))
+    if selector:
+        print(f"    {problem.name} {form} seed {seed}: {selection_trace(selector.history)}", flush=True)
     return np.array(recorder.values)
+
+
+def selection_trace(history):
+    """One line on `SelectRegression.history`: how often the held setting was kept, and the settings' sequence."""
+    kept = sum(bool(selection.kept) for _, selection in history[1:])
+    median = BANDWIDTH_FACTORS.index(1.)
+    changes = [f"{iteration}: ({float(selection.bandwidth / selection.bandwidths[median]):.3g}, "
+               f"{float(selection.ridge):.0e})" for iteration, selection in history if not bool(selection.kept)]
+    return (f"kept {kept} of {len(history) - 1} re-selections; (bandwidth / median, lambda) set at "
+            + ", ".join(changes))
 
 
 def learning_runs(problem):
@@ -405,6 +422,7 @@ def learning_runs(problem):
     `LEARNING_FORMS`, and only the `LEARNING_SETTINGS` when given."""
     settings = ["fixed", "learned"] + (["learned-ard"] if ARD_IN_LEARNING and 1 < problem.data_dim <= 20 else [])
     settings += [name for name in problem.extra_settings if name.startswith("learned")] + ["selected"]
+    settings += ["learned-mse"] if LEARNING_SETTINGS is not None else []
     return [(setting, form) for setting in settings if LEARNING_SETTINGS is None or setting in LEARNING_SETTINGS
             for form in LEARNING_FORMS]
 
@@ -459,7 +477,7 @@ def timing_part(problem_list, args):
         batch = tf.constant(problem.train[:problem.batch_size])
         for num_sleep in args.timing_sizes:
             learners = {}
-            for setting in ("fixed", "learned", "learned-ard"):
+            for setting in ("fixed", "learned", "learned-mse", "learned-ard"):
                 learner = AmortisedLearner(problem.initial_model(0), num_sleep=num_sleep,
                                            regression=regression_layer(setting), seed=0)
                 learner.compile(optimizer=keras.optimizers.Adam(problem.learning_rate),
@@ -627,7 +645,12 @@ def main():
                         "when it runs, else 0.1)")
     parser.add_argument("--learning-ard", action="store_true", help="also learn with learned-ard in (b)")
     parser.add_argument("--settings", default=None, help="comma-separated subset of (b)'s settings: fixed, learned, "
-                        "learned-ard, learned-acov, selected (default: all; the oracle always runs)")
+                        "learned-mse, learned-ard, learned-acov, selected (default: all but learned-mse; the oracle "
+                        "always runs)")
+    parser.add_argument("--tolerance", type=float, default=None, help="SelectRegression's tolerance in standard "
+                        "errors for the selected setting of (b) (default 1; 0: re-select the arg-min every time)")
+    parser.add_argument("--select-every", type=int, default=20, help="steps between the selected setting's "
+                        "selections in (b) (default 20; more than the steps: select once, before the first)")
     parser.add_argument("--forms", default=",".join(FORMS), help="comma-separated forms of (b), and of (a) with "
                         "--solvers (default: both)")
     parser.add_argument("--solvers", default=None, help="(a) compares these solvers of the fixed regression, "
@@ -649,7 +672,8 @@ def main():
     ARD_IN_LEARNING = args.learning_ard or args.settings is not None and "learned-ard" in args.settings.split(",")
     if args.settings:
         LEARNING_SETTINGS = tuple(args.settings.split(","))
-        unknown = set(LEARNING_SETTINGS) - {"fixed", "learned", "learned-ard", "learned-acov", "selected"}
+        unknown = set(LEARNING_SETTINGS) - {"fixed", "learned", "learned-mse", "learned-ard", "learned-acov",
+                                           "selected"}
         if unknown:
             parser.error(f"--settings: unknown {sorted(unknown)}. Received: --settings={args.settings}")
     LEARNING_FORMS = tuple(args.forms.split(","))
@@ -658,6 +682,9 @@ def main():
     if args.sweep_lrs:
         REGRESSION_LRS = tuple(float(value) for value in args.sweep_lrs.split(","))
     args.seeds = args.seeds or (2 if args.quick else 5)
+    tolerance_suffix = (("" if args.tolerance is None else f"_tolerance{args.tolerance:g}")
+                        + ("" if args.select_every == 20 else f"_every{args.select_every}"))
+    args.tolerance = 1. if args.tolerance is None else args.tolerance
     args.num_sleep = 300 if args.quick else 1000
     args.gradient_sizes = ((300, 600) if args.quick else (1000, 2000)) if args.gradient_sizes is None else tuple(
         int(value) for value in args.gradient_sizes.split(","))
@@ -713,7 +740,9 @@ def main():
         curves = learning_part(problem_list, args)
         outputs.append(f"### (b) Learning: final held-out log-likelihood, amortised minus exact-gradient oracle "
                        f"({args.seeds} seeds; N={args.num_sleep}; learned: regression lr {args.regression_lr:g}; "
-                       "selected: SelectRegression(every=20), LOO on 500 sleep samples)"
+                       f"selected: SelectRegression(every={args.select_every}, tolerance={args.tolerance:g}), LOO "
+                       "on 500 sleep "
+                       "samples)"
                        f"\n\n{learning_table(problem_list, curves)}")
     if "timing" in parts:
         timing = timing_part(problem_list, args)
@@ -722,7 +751,7 @@ def main():
                        f"quiet machine)\n\n{timing_table(timing)}")
     if gradient_results is not None or curves is not None:
         suffix = (("_quick" if args.quick else "") + (f"_{args.only}" if args.only else "")
-                  + (f"_{args.models.replace(',', '_')}" if args.models else ""))
+                  + (f"_{args.models.replace(',', '_')}" if args.models else "") + tolerance_suffix)
         path = plot_path(f"regression_quality{suffix}.png")
         plot(problem_list, gradient_results, curves, args, path)
         outputs.append(f"plot: {path}")

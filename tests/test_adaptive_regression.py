@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from tfp_amortised import AmortisedLearner, KernelRidge, amortised_step
-from tfp_amortised.estimator import gradient_projections, held_out_targets, regression_loss
+from tfp_amortised.estimator import gradient_projections, held_out_targets, regression_loss, split_half_variance
 from tfp_amortised.evaluation import median_relative_error, per_point_gradients
 from tfp_amortised.models import FactorAnalysisModel, GaussianMixtureModel
 
@@ -55,6 +55,56 @@ def test_regression_loss_is_the_held_out_squared_error_written_out(form):
         prediction = np.stack([weights[h] @ fitted[h] for h in range(10)])
     expected = np.mean(np.sum((target - prediction)**2, -1)) / np.sum(np.var(target, 0))
     np.testing.assert_allclose(value, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bandwidth, ridge", [(0.4, 1e-6), (0.4, 1e-2), (1.5, 1e-4)])
+def test_split_half_variance_is_the_variance_of_the_predictions_over_sleep_sets(bandwidth, ridge):
+    """Its mean over sleep sets against the variance of the full-set predictions over 300 sleep sets (1-D
+    regression of sin(2x) + noise, 20 fixed held-out points), both relative to the held-out targets' variance."""
+    rng = np.random.default_rng(4)
+    held_x = rng.normal(size=[20, 1])
+    target = np.sin(2. * held_x) + 0.5 * rng.normal(size=[20, 1])
+    regression = KernelRidge(bandwidth=bandwidth, ridge=ridge, dtype="float64")
+
+    @tf.function
+    def step(sleep_x, fitted):
+        weights = regression(sleep_x, held_x)
+        return weights @ fitted, split_half_variance(regression, sleep_x, held_x, fitted, target, weights)
+
+    results = [step(sleep_x, np.sin(2. * sleep_x) + 0.5 * rng.normal(size=[200, 1]))
+               for sleep_x in rng.normal(size=[300, 200, 1])]
+    expected = np.mean(np.var(np.stack([prediction for prediction, _ in results]), axis=0)) / np.var(target)
+    np.testing.assert_allclose(np.mean([float(estimate) for _, estimate in results]), expected, rtol=0.2)
+
+
+@pytest.mark.parametrize("form", ["joint", "conditional"])
+def test_the_learning_objective_discounts_the_variance_by_variance_weight(form):
+    """`regression_loss` of the step is the held-out error less `(1 - w)` times the split-half variance: linear
+    in `w`, with `ridge_r2` (the error itself) the same for every `w`."""
+    model, x = _mixture()
+    results = {}
+    for weight in (0., 0.25, 1.):
+        regression = KernelRidge(learn=True, bandwidth=1., variance_weight=weight)
+        step = amortised_step(model.joint_distribution, x, num_sleep=200, seed=[2, 3], regression=regression,
+                              form=form, num_holdout=32, variables=model.trainable_variables)
+        results[weight] = float(step.regression_loss), float(step.diagnostics["ridge_r2"])
+    np.testing.assert_allclose(results[1.][0], 1. - results[1.][1], rtol=1e-6)
+    np.testing.assert_allclose([results[0.][1], results[0.25][1]], results[1.][1], rtol=1e-6)
+    variance = results[1.][0] - results[0.][0]
+    assert variance > 0.
+    np.testing.assert_allclose(results[0.25][0], results[1.][0] - 0.75 * variance, rtol=1e-5)
+
+
+def test_variance_weight_is_checked_saved_and_one_for_older_files():
+    with pytest.raises(ValueError, match="Received: variance_weight=1.5"):
+        KernelRidge(learn=True, variance_weight=1.5)
+    with pytest.raises(ValueError, match="Received: variance_weight='low'"):
+        KernelRidge(learn=True, variance_weight="low")
+    assert KernelRidge(learn=True).variance_weight == 0.1
+    config = KernelRidge(learn=True, variance_weight=0.3).get_config()
+    assert KernelRidge.from_config(config).variance_weight == 0.3
+    del config["variance_weight"]  # a layer saved before the argument existed learned on the squared error
+    assert KernelRidge.from_config(config).variance_weight == 1.
 
 
 @pytest.mark.parametrize("parameter", ["log_bandwidth", "log_ridge"])

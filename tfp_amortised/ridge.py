@@ -51,7 +51,7 @@ KERNELS = {
 }
 
 DEFAULTS = {"kernel": "gaussian", "bandwidth": "median", "ridge": 1e-3, "bandwidth_subsample": 512,
-            "solver": "cholesky", "intercept": False, "learn": False}
+            "solver": "cholesky", "intercept": False, "learn": False, "variance_weight": 0.1}
 DEFAULT_RIDGE = DEFAULTS["ridge"]
 
 
@@ -374,10 +374,19 @@ class KernelRidge(keras.layers.Layer):
         ridge and the weights of a Keras `features` layer (a deep kernel) trainable. They start from the median
         heuristic (`initialise`, on the learner's first sleep set) or the fixed `bandwidth`, and from `ridge`, and
         `AmortisedLearner` trains them each step, with its own `regression_optimizer`, on the held-out error of
-        the regression (`amortised_step`'s `regression_loss`), as the authors' code does.
+        the regression (`amortised_step`'s `regression_loss`), as the authors' code does, with the variance part
+        of that error weighted by `variance_weight`.
       ard: with `learn=True`, one length scale per input dimension of the kernel (automatic relevance
         determination): the kernel compares `x / l` and `y / l` with unit length scale, so every solver supports
         it. The length scales are created at the first call (or `initialise`), when the input size is known.
+      variance_weight: with `learn=True`, the weight `w` in `[0, 1]` of the estimate's variance against its
+        squared bias in the objective the hyperparameters learn on: the held-out squared error is noise + bias^2 +
+        variance, and the objective is noise + bias^2 + `w` variance (`estimator.split_half_variance`). `w = 1` is
+        the held-out mean squared error (the authors' objective; files saved before this argument existed load
+        with it). The default 0.1 favours less biased regressions, since learning averages the estimate's
+        variance over about `1 / w` steps but not its bias: with `w = 1` the learned ridge drifted to 4x the
+        default on a sigmoid belief network and training ended 0.044 nats from the exact-gradient oracle, 0.007
+        with 0.1 (`benchmarks/RESULTS.md`, issue 11). It costs two more solves of `N / 2` per learning step.
       escalate: True (default) to solve again in float64 a float32 system too ill-conditioned for float32 (small
         ridges on duplicated, discrete observations; the cost, a float64 factorisation, is paid only then); False
         to keep float32 (on hardware with slow float64), with a `RegressionWarning` eagerly and the `condition`
@@ -407,7 +416,8 @@ class KernelRidge(keras.layers.Layer):
     def __init__(self, kernel=DEFAULTS["kernel"], bandwidth=DEFAULTS["bandwidth"], ridge=DEFAULTS["ridge"],
                  bandwidth_subsample=DEFAULTS["bandwidth_subsample"], solver=DEFAULTS["solver"], num_features=1024,
                  num_inducing=512, seed=0, features=None, standardise_features=False,
-                 intercept=DEFAULTS["intercept"], learn=DEFAULTS["learn"], ard=False, escalate=True, **kwargs):
+                 intercept=DEFAULTS["intercept"], learn=DEFAULTS["learn"], ard=False,
+                 variance_weight=DEFAULTS["variance_weight"], escalate=True, **kwargs):
         if kwargs.get("dtype") is None and keras.config.dtype_policy().compute_dtype in ("float16", "bfloat16"):
             kwargs["dtype"] = "float32"  # no half-precision Cholesky kernel exists
         super().__init__(**kwargs)
@@ -423,6 +433,10 @@ class KernelRidge(keras.layers.Layer):
             raise ValueError("ard=True gives each input dimension its own length scale, which only learning can "
                              "set: pass learn=True with it. Received: ard=True, learn=False")
         check_settings(kernel, bandwidth, ridge, bandwidth_subsample, solver, intercept)
+        if isinstance(variance_weight, bool) or not isinstance(variance_weight, (int, float, np.number)) or not (
+                0. <= variance_weight <= 1.):
+            raise ValueError("variance_weight must be a number in [0, 1]. "
+                             f"Received: variance_weight={variance_weight!r}")
         _check_solver_options(num_features, num_inducing, seed)
         self.features, self.standardise_features, self.intercept = features, standardise_features, intercept
         self.solver, self.num_features, self.num_inducing, self.seed = solver, num_features, num_inducing, seed
@@ -431,6 +445,7 @@ class KernelRidge(keras.layers.Layer):
         self.bandwidth_subsample = int(bandwidth_subsample)
         self.initial_ridge = float(ridge)
         self.learn, self.ard, self.escalate = learn, ard, escalate
+        self.variance_weight = float(variance_weight)
         if learn:  # 1 once the learned bandwidth holds a value (the median heuristic's, set by `initialise`)
             self.initialised = self._scalar_weight("initialised", 0. if isinstance(bandwidth, str) else 1.,
                                                    trainable=False)
@@ -593,13 +608,14 @@ class KernelRidge(keras.layers.Layer):
             "intercept": self.intercept,
             "learn": self.learn,
             "ard": self.ard,
+            "variance_weight": self.variance_weight,
             "escalate": self.escalate,
         }
 
     @classmethod
     def from_config(cls, config):
         """Rebuilds the layer from `get_config()`; `features` may be serialised (a dict) or an object to share."""
-        config = dict(config)
+        config = {"variance_weight": 1., **config}  # the objective of files saved before the argument existed
         if isinstance(config.get("features"), dict):
             config["features"] = keras.saving.deserialize_keras_object(config["features"])
         return cls(**config)

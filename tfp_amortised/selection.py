@@ -19,6 +19,20 @@ discrete arg-min over a grid); everything runs inside `tf.function` and under XL
 sampler draws other numbers for the same seed, so `select_regression` selects on another sleep set, and the
 Jacobi eigendecomposition is less accurate: 3e-4 relative on the errors at the smallest shift of the tests).
 
+One-standard-error rule (leave-one-out only): given the setting held now (`current=(bandwidth, ridge)`, evaluated
+exactly as one more point), `select_hyperparameters` keeps it unless the grid's best is better by more than
+`tolerance` standard errors of the paired difference of the `N` per-sample squared residuals,
+
+    d_i = sum_k (e_ik(current)^2 - e_ik(best)^2) / var(y_k),    switch iff mean(d) > tolerance * std(d) / sqrt(N),
+
+and `SelectRegression(tolerance=1.)` applies it from its second selection on, so that the choice does not move
+on noise (`tolerance=0`: the arg-min every time). It leaves the 1-D mixture and factor analysis at the exact-
+gradient oracle, but it does not rescue the 50-step state-space model (joint form): 16.4 nats per series short
+over 5 seeds against 14.2 without it and 3.6 for the median heuristic. There the later selections' moves pass the
+rule, and selecting once before the first step (`SelectRegression(every=<more than the steps>)`) ends near the
+median heuristic (4.35 short): re-selecting after the model has moved is what hurts (`benchmarks/RESULTS.md`,
+"one-standard-error rule"). GCV has no per-sample residuals: it runs without the rule (`tolerance=0`).
+
 The targets are what the step regresses: the per-sample gradient of the log-joint projected on a few random
 directions (`tfp_amortised.estimator.gradient_projections`), whose mean squared error over directions is the
 squared error of the regressed gradient, or, cheaper, the centred log-joint itself. Both are joint-form targets:
@@ -64,12 +78,20 @@ class Selection(typing.NamedTuple):
       errors: `Tensor[B, L]`, the criterion at every (bandwidth, ridge) of the grid, each target column relative
         to its variance and summed (about `K` for a regression no better than the targets' mean).
       bandwidths: `Tensor[B]`, the bandwidth grid.
+      kept: scalar bool `Tensor`, whether the `current` setting was kept (False without one).
+      current_error: scalar `Tensor`, the leave-one-out error of the `current` setting, as `errors` (NaN without
+        one).
+      standard_error: scalar `Tensor`, the standard error of `current_error - min(errors)` from the samples'
+        paired squared residuals (NaN without a current setting).
     """
 
     bandwidth: tf.Tensor
     ridge: tf.Tensor
     errors: tf.Tensor
     bandwidths: tf.Tensor
+    kept: tf.Tensor
+    current_error: tf.Tensor
+    standard_error: tf.Tensor
 
 
 def ridge_path(gram, targets, ridges):
@@ -109,6 +131,24 @@ def loo_residuals(gram, targets, ridges):
     return solutions / inverse_diagonal[..., tf.newaxis]
 
 
+def loo_sample_errors(gram, targets, ridges):
+    """Each sample's squared leave-one-out residual, each target column relative to its variance and summed.
+
+    Their mean over the samples is `cross_validation_errors(..., "loo")`; two settings' difference per sample is
+    what `select_hyperparameters`' one-standard-error rule averages.
+
+    Args:
+      gram: `Tensor[N, N]`, symmetric.
+      targets: `Tensor[N, K]`.
+      ridges: `Tensor[L]`.
+
+    Returns:
+      `Tensor[L, N]`.
+    """
+    squared = tf.square(loo_residuals(gram, targets, ridges))  # [L, N, K]
+    return tf.reduce_sum(squared / _target_variance(targets), axis=-1)
+
+
 def cross_validation_errors(gram, targets, ridges, criterion="loo"):
     """Leave-one-out or GCV mean squared error for every `lam` of a grid, relative to the targets' variance.
 
@@ -126,23 +166,47 @@ def cross_validation_errors(gram, targets, ridges, criterion="loo"):
     """
     check_criterion(criterion)
     if criterion == "loo":
-        squared = tf.reduce_mean(tf.square(loo_residuals(gram, targets, ridges)), axis=1)  # [L, K]
-    else:
-        solutions, inverse_diagonal = ridge_path(gram, targets, ridges)
-        squared = (tf.reduce_mean(tf.square(solutions), axis=1)
-                   / tf.square(tf.reduce_mean(inverse_diagonal, axis=1, keepdims=True)))
-    variance = tf.math.reduce_variance(targets, axis=0) + np.finfo(np.float32).tiny  # [K]
-    return tf.reduce_sum(squared / variance, axis=-1)
+        return tf.reduce_mean(loo_sample_errors(gram, targets, ridges), axis=1)
+    solutions, inverse_diagonal = ridge_path(gram, targets, ridges)
+    squared = (tf.reduce_mean(tf.square(solutions), axis=1)
+               / tf.square(tf.reduce_mean(inverse_diagonal, axis=1, keepdims=True)))  # [L, K]
+    return tf.reduce_sum(squared / _target_variance(targets), axis=-1)
+
+
+def _target_variance(targets):
+    """`Tensor[K]`: each column's variance, kept above zero."""
+    return tf.math.reduce_variance(targets, axis=0) + np.finfo(np.float32).tiny
+
+
+def paired_difference(first, second):
+    """Mean and standard error of the per-sample difference `first - second` (paired, same samples).
+
+    Args:
+      first, second: `Tensor[N]`, per-sample errors of two settings on the same samples (`N >= 2`).
+
+    Returns:
+      `(mean, standard_error)`: scalar `Tensor`s, `standard_error = std(first - second, ddof=1) / sqrt(N)`.
+    """
+    difference = first - second
+    count = tf.cast(tf.size(difference), difference.dtype)
+    mean = tf.reduce_mean(difference)
+    return mean, tf.sqrt(tf.reduce_sum(tf.square(difference - mean)) / ((count - 1.) * count))
 
 
 def select_hyperparameters(sleep_x, targets, *, kernel="gaussian", bandwidth_factors=BANDWIDTH_FACTORS,
-                           ridges=RIDGES, criterion="loo", bandwidth_subsample=512):
-    """The (bandwidth, ridge) of a grid with the smallest cross-validation error of the regression of `targets`.
+                           ridges=RIDGES, criterion="loo", bandwidth_subsample=512, current=None, tolerance=1.):
+    """The (bandwidth, ridge) of a grid with the smallest cross-validation error, or the current one if not worse.
 
     The bandwidth grid is `bandwidth_factors` times the median heuristic (`median_bandwidth` of the first
     `bandwidth_subsample` rows); each bandwidth costs one `N x N` Gram matrix and eigendecomposition, computed in
     float64 (the Gaussian kernel's eigenvalues fall far below float32's resolution of its largest ones, so a
     float32 eigendecomposition misstates the error at the small ridges: by 11% at `N lam = 4e-6` in the tests).
+
+    One-standard-error rule (leave-one-out only): with a `current` setting, evaluated exactly as one more point
+    (one more eigendecomposition), the grid's best point replaces it only if its error is lower by more than
+    `tolerance` standard errors of the paired difference of the `N` per-sample squared residuals
+    (`loo_sample_errors`, `paired_difference`), so a flat error surface does not move the choice on noise.
+    `tolerance=0` is the plain arg-min over the grid (the current setting is evaluated and reported, never kept).
 
     Args:
       sleep_x: `Tensor[N, D]` kernel inputs of i.i.d. sleep draws.
@@ -150,25 +214,76 @@ def select_hyperparameters(sleep_x, targets, *, kernel="gaussian", bandwidth_fac
       kernel: a key of `tfp_amortised.ridge.KERNELS`.
       bandwidth_factors: `B` positive numbers.
       ridges: `L` positive numbers, the grid of `lam`.
-      criterion: `"loo"` (default) or `"gcv"`.
+      criterion: `"loo"` (default) or `"gcv"` (which has no per-sample residuals: no `current`).
       bandwidth_subsample: rows the median heuristic looks at.
+      current: None, or the pair `(bandwidth, ridge)` of scalars held now (e.g. the previous selection).
+      tolerance: a number `>= 0` of standard errors.
 
     Returns:
-      `Selection` (bandwidth and ridge in the dtype of `sleep_x`).
+      `Selection` (bandwidth, ridge and bandwidths in the dtype of `sleep_x`, the errors in float64).
     """
+    check_criterion(criterion)
+    check_tolerance(tolerance)
+    if current is not None and criterion != "loo":
+        raise ValueError("The one-standard-error rule compares per-sample leave-one-out residuals, which GCV does "
+                         "not have: pass current=None (or tolerance=0 to SelectRegression) with criterion='gcv', "
+                         f"or criterion='loo'. Received: criterion={criterion!r}, current={current!r}")
     dtype = sleep_x.dtype
     sleep_x = tf.cast(sleep_x - tf.reduce_mean(sleep_x, axis=0), tf.float64)
     targets = tf.cast(targets, tf.float64)
     ridge_grid = tf.constant(ridges, tf.float64)
     bandwidths = median_bandwidth(sleep_x, bandwidth_subsample) * tf.constant(bandwidth_factors, tf.float64)
-    errors = tf.stack([
-        cross_validation_errors(KERNELS[kernel](length_scale=bandwidths[b]).matrix(sleep_x, sleep_x), targets,
-                                ridge_grid, criterion)
-        for b in range(len(bandwidth_factors))])  # [B, L]
+    gram = lambda bandwidth: KERNELS[kernel](length_scale=bandwidth).matrix(sleep_x, sleep_x)  # noqa: E731
+    errors, samples = _grid_errors(gram, targets, bandwidths, ridge_grid, criterion)
     best = tf.argmin(tf.reshape(errors, [-1]))
-    return Selection(bandwidth=tf.cast(bandwidths[best // len(ridges)], dtype),
-                     ridge=tf.cast(ridge_grid[best % len(ridges)], dtype), errors=errors,
-                     bandwidths=tf.cast(bandwidths, dtype))
+    best = best // len(ridges), best % len(ridges)
+    selection = Selection(bandwidths[best[0]], ridge_grid[best[1]], errors, bandwidths, tf.constant(False),
+                          *[tf.constant(np.nan, tf.float64)] * 2)
+    if current is not None:
+        current = [tf.reshape(tf.cast(tf.convert_to_tensor(value, dtype_hint=tf.float64), tf.float64), [])
+                   for value in current]  # a Python float stays float64
+        current_samples = loo_sample_errors(gram(current[0]), targets, current[1][tf.newaxis])[0]  # [N]
+        selection = _keep_or_switch(selection, current, current_samples, samples[best[0], best[1]], tolerance)
+    return selection._replace(bandwidth=tf.cast(selection.bandwidth, dtype), ridge=tf.cast(selection.ridge, dtype),
+                              bandwidths=tf.cast(bandwidths, dtype))
+
+
+def _grid_errors(gram, targets, bandwidths, ridges, criterion):
+    """The criterion at every grid point, and the per-sample leave-one-out errors behind it.
+
+    Args:
+      gram: callable, scalar bandwidth to `Tensor[N, N]`.
+      targets: `Tensor[N, K]`.
+      bandwidths: `Tensor[B]`; ridges: `Tensor[L]`.
+      criterion: `"loo"` or `"gcv"`.
+
+    Returns:
+      `(errors, samples)`: `Tensor[B, L]` and `Tensor[B, L, N]` (`loo_sample_errors`; None for GCV).
+    """
+    if criterion == "gcv":
+        return tf.stack([cross_validation_errors(gram(b), targets, ridges, criterion)
+                         for b in tf.unstack(bandwidths)]), None
+    samples = tf.stack([loo_sample_errors(gram(b), targets, ridges) for b in tf.unstack(bandwidths)])
+    return tf.reduce_mean(samples, axis=-1), samples
+
+
+def _keep_or_switch(selection, current, current_samples, best_samples, tolerance):
+    """The one-standard-error rule: `selection` with `current` kept if the grid's best is not clearly better.
+
+    Args:
+      selection: `Selection` of the grid's arg-min.
+      current: `(bandwidth, ridge)`, scalar `Tensor`s.
+      current_samples, best_samples: `Tensor[N]`, per-sample errors (`loo_sample_errors`) of the two settings.
+      tolerance: standard errors of the paired difference the best must gain (0: always the best).
+
+    Returns:
+      `Selection` with `kept`, `current_error` and `standard_error` filled in.
+    """
+    improvement, standard_error = paired_difference(current_samples, best_samples)
+    kept = tf.logical_and(tolerance > 0, improvement <= tolerance * standard_error)
+    return selection._replace(bandwidth=tf.where(kept, current[0], selection.bandwidth),
+                              ridge=tf.where(kept, current[1], selection.ridge), kept=kept,
+                              current_error=tf.reduce_mean(current_samples), standard_error=standard_error)
 
 
 def selection_targets(joint, sample, *, targets="gradient", variables=None, seed=None, num_projections=8):
@@ -200,7 +315,8 @@ def selection_targets(joint, sample, *, targets="gradient", variables=None, seed
 
 
 def select_regression(regression, joint, *, num_sleep, seed, observed="x", targets="gradient", variables=None,
-                      num_projections=8, criterion="loo", bandwidth_factors=BANDWIDTH_FACTORS, ridges=RIDGES):
+                      num_projections=8, criterion="loo", bandwidth_factors=BANDWIDTH_FACTORS, ridges=RIDGES,
+                      tolerance=0.):
     """Draws a sleep set, selects the hyperparameters on it, and writes them into `regression`'s variables.
 
     Cost: `num_sleep` sleep draws and targets, then `B` Gram matrices and eigendecompositions of size
@@ -216,6 +332,8 @@ def select_regression(regression, joint, *, num_sleep, seed, observed="x", targe
       observed: name of the observed node.
       targets, variables, num_projections: see `selection_targets`.
       criterion, bandwidth_factors, ridges: see `select_hyperparameters`.
+      tolerance: 0 (default): the grid's arg-min; `> 0`: `regression`'s current bandwidth and ridge are kept
+        unless the grid's best is better by more than `tolerance` standard errors (`select_hyperparameters`).
 
     Returns:
       `Selection`.
@@ -229,9 +347,11 @@ def select_regression(regression, joint, *, num_sleep, seed, observed="x", targe
     values = selection_targets(joint, sample, targets=targets, variables=variables,
                                seed=tf.random.experimental.stateless_fold_in(seed, 1), num_projections=num_projections)
     sleep_x, _ = regression.kernel_inputs(sample[observed], sample[observed][:1])
+    current = (regression.bandwidth, regression.ridge) if tolerance > 0 else None
     selection = select_hyperparameters(sleep_x, values, kernel=regression.kernel_name,
                                        bandwidth_factors=bandwidth_factors, ridges=ridges, criterion=criterion,
-                                       bandwidth_subsample=regression.bandwidth_subsample)
+                                       bandwidth_subsample=regression.bandwidth_subsample, current=current,
+                                       tolerance=tolerance)
     regression.log_bandwidth.assign(tf.math.log(tf.cast(selection.bandwidth, regression.log_bandwidth.dtype)))
     regression.log_ridge.assign(tf.math.log(tf.cast(selection.ridge, regression.log_ridge.dtype)))
     return selection
@@ -242,7 +362,12 @@ class SelectRegression(keras.callbacks.Callback):
 
     It runs when the model optimiser's iteration count is a multiple of `every` (so before the first step, and
     at the same steps after `.keras` save, load and resume: the choice lives in the layer's variables), on a
-    fresh sleep set of `num_sleep` samples drawn with the seed `[learner seed, iteration]`.
+    fresh sleep set of `num_sleep` samples drawn with the seed `[learner seed, iteration]`. The first selection
+    (iteration 0) is the grid's arg-min, the layer's start value being a placeholder; every later one keeps the
+    layer's setting unless the grid's best is better by more than `tolerance` standard errors of the paired
+    per-sample leave-one-out difference (`select_hyperparameters`), which stops the choice from jumping on a flat
+    error surface. `tolerance=0` re-selects the arg-min every time (the behaviour before the rule). The
+    callback's `history` lists `(iteration, Selection)` of the selections it ran.
 
     #### Examples
 
@@ -257,16 +382,25 @@ class SelectRegression(keras.callbacks.Callback):
       num_sleep: sleep samples to select on (500: `benchmarks/selection_quality`'s setting).
       targets, num_projections, criterion: see `select_regression` (defaults: its best setting in
         `benchmarks/selection_quality`).
+      tolerance: standard errors a new setting must gain to replace the held one (`>= 0`; leave-one-out only:
+        `criterion="gcv"` needs `tolerance=0`).
     """
 
-    def __init__(self, every=20, num_sleep=500, targets="gradient", num_projections=8, criterion="loo"):
+    def __init__(self, every=20, num_sleep=500, targets="gradient", num_projections=8, criterion="loo",
+                 tolerance=1.):
         super().__init__()
         if not (isinstance(every, int) and every >= 1):
             raise ValueError(f"every must be a positive integer. Received: every={every!r}")
         check_targets(targets)
         check_criterion(criterion)
+        check_tolerance(tolerance)
+        if criterion == "gcv" and tolerance > 0:
+            raise ValueError("The one-standard-error rule compares per-sample leave-one-out residuals, which GCV "
+                             "does not have: pass tolerance=0 with criterion='gcv'. Received: "
+                             f"tolerance={tolerance!r}")
         self.every, self.num_sleep, self.targets, self.criterion = every, num_sleep, targets, criterion
-        self.num_projections = num_projections
+        self.num_projections, self.tolerance = num_projections, float(tolerance)
+        self.history = []
         self._select = None
 
     def on_train_batch_begin(self, batch, logs=None):
@@ -274,19 +408,26 @@ class SelectRegression(keras.callbacks.Callback):
         if iteration % self.every:
             return
         learner = self.model
-        if self._select is None:
-            self._select = tf.function(lambda seed: select_regression(
+        if self._select is None:  # traced once per tolerance (0 at iteration 0)
+            self._select = tf.function(lambda seed, tolerance: select_regression(
                 learner.regression, learner.joint_distribution, num_sleep=self.num_sleep, seed=seed,
                 observed=learner.observed, targets=self.targets,
                 variables=learner.generative_model.trainable_variables, num_projections=self.num_projections,
-                criterion=self.criterion))
+                criterion=self.criterion, tolerance=tolerance))
         seed = getattr(learner, "seed", None)
-        self._select(tf.constant([0 if not isinstance(seed, int) else seed, iteration], tf.int32))
+        self.history.append((iteration, self._select(
+            tf.constant([0 if not isinstance(seed, int) else seed, iteration], tf.int32),
+            self.tolerance if iteration else 0.)))
 
 
 def check_criterion(criterion):
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}. Received: criterion={criterion!r}")
+
+
+def check_tolerance(tolerance):
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
+        raise ValueError(f"tolerance must be a number >= 0 of standard errors. Received: tolerance={tolerance!r}")
 
 
 def check_targets(targets):
