@@ -28,6 +28,13 @@ Three measurements, on six models with an exact `log_marginal`:
     python -m benchmarks.regression_quality --quick          # a few minutes
     python -m benchmarks.regression_quality --only timing    # one part: gradient, learning or timing
     python -m benchmarks.regression_quality --only learning --settings fixed,selected --forms joint
+    python -m benchmarks.regression_quality --only gradient --solvers cholesky,nystrom,nystrom:2048 --forms joint
+
+With `--solvers` (a) compares solvers instead of settings: the fixed regression (median heuristic, lambda 1e-3,
+and `fixed-acov` on the state-space model) with each solver, `name` or `name:size` (`num_inducing` of Nystrom,
+`num_features` of random features; default sizes otherwise), in the forms of `--forms`. Every solver sees the
+same sleep samples of each seed, so its error ratio to the first solver listed (the reference, normally
+`cholesky`) is paired per seed.
 """
 
 import math
@@ -81,14 +88,14 @@ class AutocovarianceFeatures(keras.layers.Layer):
         return {**super().get_config(), "max_lag": self.max_lag}
 
 
-def regression_layer(setting):
+def regression_layer(setting, **options):
     """The `KernelRidge` of a setting name: fixed, learned, learned-ard, selected; `-acov` for the series features.
 
     `selected` holds a numeric start bandwidth (1, replaced before the first step) for `SelectRegression` to write.
+    `options`: further `KernelRidge` arguments (the solver's).
     """
-    options = {}
     if setting.endswith("-acov"):
-        options = {"features": AutocovarianceFeatures(), "standardise_features": True}
+        options.update(features=AutocovarianceFeatures(), standardise_features=True)
         setting = setting[:-len("-acov")]
     if setting == "fixed":
         return KernelRidge(**options)
@@ -270,6 +277,66 @@ def gradient_part(problem_list, args):
                       flush=True)
         print(f"\n(partial, after {problem.name})\n{gradient_table(results, args.gradient_sizes)}\n", flush=True)
     return results
+
+
+SIZE_OPTIONS = {"nystrom": "num_inducing", "random_features": "num_features"}
+
+
+def parse_solvers(text):
+    """`--solvers`: comma-separated `name` or `name:size` -> `[(label, KernelRidge keyword arguments)]`."""
+    solvers = []
+    for label in text.split(","):
+        name, _, size = label.partition(":")
+        if name not in SIZE_OPTIONS and (name != "cholesky" or size):
+            raise ValueError(f"--solvers: {label!r} is not cholesky, nystrom[:size] or random_features[:size]")
+        solvers.append((label, {"solver": name, **({SIZE_OPTIONS[name]: int(size)} if size else {})}))
+    return solvers
+
+
+def solver_gradient_part(problem_list, args):
+    """(a) with `--solvers`: rows `(model, form, setting, solver label, N, [error per sleep seed])` for the fixed
+    settings (`fixed`, and `fixed-acov` on the state-space model)."""
+    rows = []
+    for problem in problem_list:
+        model = problem.initial_model(0)
+        x = tf.constant(problem.train[:args.num_wake])
+        exact = per_point_gradients(lambda: model.log_marginal(x), model.trainable_variables)  # noqa: B023
+        settings = ["fixed"] + [name for name in problem.extra_settings if name.startswith("fixed")]
+        for form in LEARNING_FORMS:
+            for num_sleep in args.gradient_sizes:
+                start = time.perf_counter()
+                for setting in settings:
+                    for label, options in args.solvers:
+                        regression = regression_layer(setting, **options)
+                        rows.append((problem.name, form, setting, label, num_sleep, [median_relative_error(
+                            per_point_gradients(lambda: surrogate_log_marginal(  # noqa: B023
+                                model.joint_distribution, x, num_sleep=num_sleep, seed=[repeat, num_sleep],
+                                regression=regression, form=form), model.trainable_variables), exact)
+                            for repeat in range(args.repeats)]))
+                print(f"  gradient {problem.name} N={num_sleep} {form}: {time.perf_counter() - start:.0f} s\n\n"
+                      f"(partial)\n{solver_table(rows, args.gradient_sizes)}\n", flush=True)
+    return rows
+
+
+def solver_table(rows, sizes):
+    """One row per (model, form, setting, solver); per N the mean error [min, max over seeds] and the mean of the
+    per-seed ratios to the first solver's error (same setting, same seed)."""
+    errors = {row[:5]: row[5] for row in rows}
+    reference = rows[0][3]
+    cells = []
+    for name, form, setting, label in dict.fromkeys(row[:4] for row in rows):
+        cell = [name, form, setting, label]
+        for size in sizes:
+            values, base = errors.get((name, form, setting, label, size)), errors.get(
+                (name, form, setting, reference, size))
+            cell += (["-", "-"] if values is None else
+                     [f"{np.mean(values):.3f} [{min(values):.3f}, {max(values):.3f}]",
+                      f"{np.mean(np.divide(values, base)):.3f}"])
+        cells.append(cell)
+    header = ["model", "form", "regression", "solver"]
+    for size in sizes:
+        header += [f"N={size} error [seeds]", f"N={size} / {reference}"]
+    return markdown_table(header, cells)
 
 
 def gradient_table(results, sizes):
@@ -584,7 +651,11 @@ def main():
                         "errors for the selected setting of (b) (default 1; 0: re-select the arg-min every time)")
     parser.add_argument("--select-every", type=int, default=20, help="steps between the selected setting's "
                         "selections in (b) (default 20; more than the steps: select once, before the first)")
-    parser.add_argument("--forms", default=",".join(FORMS), help="comma-separated forms of (b) (default: both)")
+    parser.add_argument("--forms", default=",".join(FORMS), help="comma-separated forms of (b), and of (a) with "
+                        "--solvers (default: both)")
+    parser.add_argument("--solvers", default=None, help="(a) compares these solvers of the fixed regression, "
+                        "comma-separated `name` or `name:size` (module docstring), e.g. cholesky,nystrom,nystrom:2048")
+    parser.add_argument("--repeats", type=int, default=None, help="sleep seeds of (a) (default 2, quick 1)")
     parser.add_argument("--gradient-sizes", default=None, help="comma-separated N of (a) (default 1000,2000)")
     parser.add_argument("--sweep-lrs", default=None, help="comma-separated regression lrs of (a) (default "
                         "0.05,0.1,0.2)")
@@ -619,7 +690,11 @@ def main():
         int(value) for value in args.gradient_sizes.split(","))
     args.hyper_steps = args.hyper_steps or (30 if args.quick else 50)
     args.hyper_steps_more = 15 if args.quick else 25
-    args.repeats = 1 if args.quick else 2
+    args.repeats = args.repeats or (1 if args.quick else 2)
+    try:
+        args.solvers = args.solvers and parse_solvers(args.solvers)
+    except ValueError as error:
+        parser.error(str(error))
     args.num_wake = 100
     args.timing_sizes = (300, 1000) if args.quick else (1000, 4000)
     args.timing_repeats = 5 if args.quick else 10
@@ -641,7 +716,11 @@ def main():
               "steps", flush=True)
     gradient_results = curves = None
     outputs = []
-    if "gradient" in parts:
+    if "gradient" in parts and args.solvers:
+        table = solver_table(solver_gradient_part(problem_list, args), args.gradient_sizes)
+        outputs.append(f"### (a) Gradient error of the fixed regression by solver (median relative error, "
+                       f"{args.repeats} sleep seeds)\n\n{table}")
+    elif "gradient" in parts:
         gradient_results = gradient_part(problem_list, args)
         best, means = best_regression_lr(gradient_results)
         if best is not None and fixed_lr is None:

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_amortised.ridge import KERNELS, KernelRidge, kernel_ridge_weights
+from tfp_amortised.ridge import DEFAULTS, KERNELS, KernelRidge, kernel_ridge_weights
 from tfp_amortised import linalg, solvers
 from tfp_amortised.solvers import (feature_ridge_weights, fourier_frequencies, gram_and_cross, random_fourier_features,
                                     ridge_weights)
@@ -214,6 +214,14 @@ def test_auto_solver_follows_the_documented_threshold():
     assert solvers.choose_solver("auto", None) == "cholesky"  # N unknown when traced: the exact solver
     for solver in solvers.SOLVERS:
         assert solvers.choose_solver(solver, 10**6) == solver
+
+
+def test_auto_is_the_default_solver_and_an_explicit_solver_survives_a_config_round_trip():
+    """`KernelRidge()` and the default path use `"auto"`; a saved config naming a solver (every `.keras` file
+    names one, 0.1.0's `"cholesky"` included) loads with that solver."""
+    assert KernelRidge().solver == DEFAULTS["solver"] == "auto"
+    config = KernelRidge(solver="cholesky").get_config()
+    assert KernelRidge.from_config(config).solver == "cholesky"
 
 
 def test_auto_solver_at_the_default_num_sleep_is_exact():

@@ -265,7 +265,8 @@ def test_targets_of_the_wrong_length_or_dtype_are_named(values, error, message):
 def test_an_exact_solve_too_large_for_memory_fails_at_once_naming_the_option_that_fits():
     model = FactorAnalysisModel(1, 2, seed=1)
     with pytest.raises(ValueError, match=r"num_sleep=1000000 needs about 11176 GiB.*solver='random_features'"):
-        surrogate_log_marginal(model.joint_distribution, np.zeros([3, 2], np.float32), num_sleep=10**6, seed=[1, 2])
+        surrogate_log_marginal(model.joint_distribution, np.zeros([3, 2], np.float32), num_sleep=10**6, seed=[1, 2],
+                               regression=KernelRidge(solver="cholesky"))  # the default "auto" would use Nystrom
 
 
 class _OverflowingModel(GenerativeModel):

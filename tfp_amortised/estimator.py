@@ -30,7 +30,10 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_amortised import _joint, _observations, distributed
-from tfp_amortised.ridge import check_regression, flatten_events, regression_weights  # noqa: F401 (re-exported)
+from tfp_amortised import ridge as _ridge
+from tfp_amortised.ridge import check_regression, regression_weights
+
+flatten_events = _ridge.flatten_events  # re-exported: `from tfp_amortised.estimator import flatten_events` works
 
 FORMS = ("joint", "conditional")
 
@@ -169,10 +172,10 @@ def amortised_step(joint, wake_x, *, num_sleep, seed, observed="x", regression=N
     sleep set (`tfp_amortised.distributed`). With one replica this is the plain single-device step.
 
     Cost: `N` (joint form) or `M N` (conditional form) log-density terms, an `N x N` Gram matrix and one
-    Cholesky factorisation, O(N^3 / 3), for the default exact solver. Measuring the held-out error with
-    `variables` costs one more log-density pass over the `N + H` sleep samples (`H x N` pairs in the conditional
-    form) with a double backward pass (`gradient_projections`); `AmortisedLearner` pays it in training only when
-    the regression learns from it, and in evaluation.
+    Cholesky factorisation, O(N^3 / 3), for the exact solver (the default up to N = 1000). Measuring the
+    held-out error with `variables` costs one more log-density pass over the `N + H` sleep samples (`H x N`
+    pairs in the conditional form) with a double backward pass (`gradient_projections`); `AmortisedLearner`
+    pays it in training only when the regression learns from it, and in evaluation.
 
     Args:
       joint: a `tfd.JointDistribution` (Coroutine, Sequential or Named; batched or AutoBatched) with scalar

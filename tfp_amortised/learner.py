@@ -231,7 +231,7 @@ class AmortisedLearner(Learner):
           dict `{latent: Tensor[M, *event_shape]}` (float), with `{latent}_probabilities: Tensor[M, *event_shape,
           C]` in place of a categorical latent.
 
-        Cost: one regression on `N` sleep samples, O(N^3 / 3) with the default Cholesky solver.
+        Cost: one regression on `N` sleep samples, O(N^3 / 3) by the exact solve (the default up to N = 1000).
         """
         sample = self.sample(self.num_sleep if num_sleep is None else check_num_sleep(num_sleep), seed)
         sleep_x = _observations.select(sample, self.observed)
