@@ -48,7 +48,7 @@ def setting_name(criterion, targets, projections, subsample):
 
 def selected_layer(model, criterion, targets, projections, subsample, seed):
     """A `KernelRidge` whose bandwidth and ridge were selected on a fresh sleep set; and the selection."""
-    regression = KernelRidge(bandwidth=1.)
+    regression = KernelRidge(bandwidth=1., solver="cholesky")
     selection = select_regression(regression, model.joint_distribution, num_sleep=subsample, seed=seed,
                                   targets=targets, variables=model.trainable_variables,
                                   num_projections=projections, criterion=criterion)
@@ -65,7 +65,7 @@ def gradient_part(problem_list, args):
                 start = time.perf_counter()
                 model = problem.initial_model(0)
                 exact = per_point_gradients(lambda: model.log_marginal(x), model.trainable_variables)  # noqa: B023
-                layers = {"fixed": (KernelRidge(), None)}
+                layers = {"fixed": (KernelRidge(solver="cholesky"), None)}
                 for selection in SELECTIONS:
                     layers[setting_name(*selection)] = selected_layer(model, *selection, [11, num_sleep])
                 for setting, (regression, selection) in layers.items():
@@ -112,11 +112,12 @@ def cost_part(problem_list, args):
     for problem in problem_list:
         batch = tf.constant(problem.train[:problem.batch_size])
         for num_sleep in args.timing_sizes:
-            learner = AmortisedLearner(problem.initial_model(0), num_sleep=num_sleep, seed=0)
+            learner = AmortisedLearner(problem.initial_model(0), num_sleep=num_sleep, seed=0,
+                                       regression=KernelRidge(solver="cholesky"))
             learner.compile(optimizer=keras.optimizers.Adam(problem.learning_rate))
             model = learner.generative_model
             learning = AmortisedLearner(problem.initial_model(0), num_sleep=num_sleep, seed=0,
-                                        regression=KernelRidge(learn=True))
+                                        regression=KernelRidge(learn=True, solver="cholesky"))
             learning.compile(optimizer=keras.optimizers.Adam(problem.learning_rate))
             calls = {"fixed step": lambda: learner.train_on_batch(batch),  # noqa: B023
                      "learned step": lambda: learning.train_on_batch(batch)}  # noqa: B023
