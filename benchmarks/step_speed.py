@@ -56,12 +56,12 @@ import tensorflow_probability as tfp
 from benchmarks._report import benchmark_parser, machine_header, markdown_table, plot_path, save_figure
 from tfp_amortised.evaluation import median_relative_error, per_point_gradients
 from tfp_amortised import _joint, linalg, sleep, solvers, surrogate_log_marginal
-from tfp_amortised.estimator import amortised_step, flatten_events, gradient_projections
+from tfp_amortised.estimator import amortised_step, gradient_projections
 from tfp_amortised.generative import GenerativeModel
 from tfp_amortised.learner import AmortisedLearner
 from tfp_amortised.models.circle import CircleModel
 from tfp_amortised.models.softplus import SoftplusGaussianModel
-from tfp_amortised.ridge import KERNELS, KernelRidge, median_bandwidth
+from tfp_amortised.ridge import KERNELS, KernelRidge, flatten_events, median_bandwidth
 from tfp_amortised.solvers import SOLVERS, gram_and_cross
 
 matplotlib.use("Agg")

@@ -7,7 +7,8 @@ import tensorflow_probability as tfp
 
 from tfp_amortised.evaluation import median_relative_error, per_point_gradients
 from tfp_amortised import KernelRidge, _joint, sleep, surrogate_log_marginal
-from tfp_amortised.estimator import flatten_events, weighted_log_joint
+from tfp_amortised.estimator import weighted_log_joint
+from tfp_amortised.ridge import flatten_events
 from tfp_amortised.models import FactorAnalysisModel, GaussianMixtureModel
 
 tfd = tfp.distributions

@@ -30,10 +30,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_amortised import _joint, _observations, distributed
-from tfp_amortised import ridge as _ridge
 from tfp_amortised.ridge import check_regression, regression_weights
-
-flatten_events = _ridge.flatten_events  # re-exported: `from tfp_amortised.estimator import flatten_events` works
 
 FORMS = ("joint", "conditional")
 
@@ -217,8 +214,8 @@ def amortised_step(joint, wake_x, *, num_sleep, seed, observed="x", regression=N
     measure = bool(num_holdout) and held_out_error
     queries = tf.nest.map_structure(lambda wake, sleep: tf.concat([wake, sleep[num_local:]], axis=0),
                                     wake_x, sleep_x) if measure else wake_x  # wake, then held-out sleep
-    weights, regression_diagnostics = regression_weights(
-        regression, distributed.gather(_observations.select(fit, observed)), queries)
+    fit_x = distributed.gather(_observations.select(fit, observed))  # every replica's sleep observations
+    weights, regression_diagnostics = regression_weights(regression, fit_x, queries)
     num_wake = _observations.num_rows(wake_x)
     all_weights = distributed.gather(weights[:num_wake])  # [M, N]: every replica's wake rows
     surrogate = weighted_log_joint(joint, fit, distributed.own_columns(all_weights, num_local),
@@ -238,8 +235,7 @@ def amortised_step(joint, wake_x, *, num_sleep, seed, observed="x", regression=N
         diagnostics["ridge_r2"] = 1. - held_out_loss
         if regression is not None and regression.learn and regression.variance_weight < 1.:
             held_out_loss -= (1. - regression.variance_weight) * split_half_variance(
-                regression, distributed.gather(_observations.select(fit, observed)),
-                _observations.select(held_out, observed), fitted, target, weights[num_wake:])
+                regression, fit_x, _observations.select(held_out, observed), fitted, target, weights[num_wake:])
         _, num_replicas = distributed.replica_id_and_count()
         held_out_loss /= num_replicas
     return AmortisedStep(surrogate, loss, {name: tf.stop_gradient(value) for name, value in diagnostics.items()},

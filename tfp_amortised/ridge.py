@@ -26,6 +26,7 @@ Every setting has one name and one default, shared by the function and the layer
                                       "cholesky" for always exact
     intercept            False        regress targets centred on their sleep mean
     learn                False        train the log bandwidth and log ridge online on held-out regression error
+    variance_weight      0.1          with learn: the objective is noise + bias^2 + variance_weight * variance
 """
 
 import collections.abc
@@ -385,9 +386,10 @@ class KernelRidge(keras.layers.Layer):
         variance, and the objective is noise + bias^2 + `w` variance (`estimator.split_half_variance`). `w = 1` is
         the held-out mean squared error (the authors' objective; files saved before this argument existed load
         with it). The default 0.1 favours less biased regressions, since learning averages the estimate's
-        variance over about `1 / w` steps but not its bias: with `w = 1` the learned ridge drifted to 4x the
-        default on a sigmoid belief network and training ended 0.044 nats from the exact-gradient oracle, 0.007
-        with 0.1 (`benchmarks/RESULTS.md`, issue 11). It costs two more solves of `N / 2` per learning step.
+        variance over about `1 / w` steps but not its bias: with `w = 1` the learned ridge drifted to 3-4x the
+        default on a sigmoid belief network (conditional form) and training ended 0.050 nats from the
+        exact-gradient oracle, +0.0002 with 0.1 (2 seeds, `benchmarks/RESULTS.md`, issue 11). It costs two more
+        solves of `N / 2` per learning step.
       escalate: True (default) to solve again in float64 a float32 system too ill-conditioned for float32 (small
         ridges on duplicated, discrete observations; the cost, a float64 factorisation, is paid only then); False
         to keep float32 (on hardware with slow float64), with a `RegressionWarning` eagerly and the `condition`
