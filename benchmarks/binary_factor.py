@@ -23,6 +23,7 @@ from benchmarks._report import benchmark_parser, machine_header, markdown_table,
 from tfp_amortised.baselines import MeanFieldEncoder, VariationalLearner
 from tfp_amortised.learner import AmortisedLearner
 from tfp_amortised.models.binary_factor import BinaryFactorModel, bars, flip_pixels
+from tfp_amortised.ridge import KernelRidge
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -99,7 +100,7 @@ def main():
     data_dim = IMAGE_SIZE * IMAGE_SIZE
 
     learner = AmortisedLearner(BinaryFactorModel(NUM_FACTORS, data_dim, seed=0), num_sleep=num_sleep,
-                               form="conditional", seed=0)
+                               form="conditional", regression=KernelRidge(), seed=0)
     learner.compile(optimizer=keras.optimizers.Adam(3e-2))
     learner.fit(x, batch_size=100, epochs=epochs, verbose=0)
     amortised_time = time.time() - start

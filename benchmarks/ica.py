@@ -36,6 +36,7 @@ from benchmarks._report import EpochRecorder, benchmark_parser, machine_header, 
 from tfp_amortised.baselines import MeanFieldEncoder, VariationalLearner
 from tfp_amortised.learner import AmortisedLearner
 from tfp_amortised.models.ica import IndependentComponentsModel, amari_index
+from tfp_amortised.ridge import KernelRidge
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -116,7 +117,8 @@ def train(method, x_train, seed, epochs, num_sleep=None):
         encoder = MeanFieldEncoder({"s": ("normal", num_sources)}, hidden_units=(64,), seed=seed)
         learner = VariationalLearner(model, encoder, seed=seed)
     else:
-        learner = AmortisedLearner(model, num_sleep=num_sleep, form=method, num_holdout=0, seed=seed)
+        learner = AmortisedLearner(model, num_sleep=num_sleep, form=method, regression=KernelRidge(), num_holdout=0,
+                                   seed=seed)
     learner.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE))
     truth = true_mixing(num_sources)
     recorder = EpochRecorder(lambda: amari_index(model.mixing.numpy(), truth))

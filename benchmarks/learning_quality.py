@@ -29,6 +29,7 @@ from tfp_amortised.baselines import (ImportanceWeightedLearner, MeanFieldEncoder
                                      VariationalLearner)
 from tfp_amortised.learner import AmortisedLearner
 from tfp_amortised.models import FactorAnalysisModel, GaussianMixtureModel, SoftplusGaussianModel
+from tfp_amortised.ridge import KernelRidge
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -40,7 +41,8 @@ METHODS = ("amortised", "vae", "iwae", "rws")
 def make_learner(method, model, encoder, seed, num_sleep, num_samples):
     """One learner per method, on the same model object (the encoder is unused by amortised learning)."""
     if method == "amortised":
-        return AmortisedLearner(model, num_sleep=num_sleep, form="conditional", num_holdout=0, seed=seed)
+        return AmortisedLearner(model, num_sleep=num_sleep, form="conditional", regression=KernelRidge(),
+                                num_holdout=0, seed=seed)
     if method == "vae":
         return VariationalLearner(model, encoder, num_samples=1, seed=seed)
     if method == "iwae":

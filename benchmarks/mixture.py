@@ -18,6 +18,7 @@ from benchmarks._reference import gaussian_mixture_em
 from benchmarks._report import benchmark_parser, machine_header, markdown_table, plot_path, save_figure
 from tfp_amortised.learner import AmortisedLearner
 from tfp_amortised.models.gaussian_mixture import GaussianMixtureModel
+from tfp_amortised.ridge import KernelRidge
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -44,7 +45,7 @@ def learn(x_train, x_test, init_means, *, form, num_sleep, epochs, seed, learnin
     """Trains by `AmortisedLearner`; returns the held-out log-likelihood per point after each epoch, `[epochs]`."""
     model = GaussianMixtureModel(NUM_COMPONENTS, DATA_DIM, seed=seed)
     model.means.assign(init_means)
-    learner = AmortisedLearner(model, num_sleep=num_sleep, form=form, seed=seed)
+    learner = AmortisedLearner(model, num_sleep=num_sleep, form=form, regression=KernelRidge(), seed=seed)
     learner.compile(optimizer=keras.optimizers.Adam(learning_rate))
     curve = []
     for _ in range(epochs):

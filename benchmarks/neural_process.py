@@ -87,7 +87,8 @@ def run_seed(seed, inputs, at, config):
               for name in ("amortised", "VAE")}
     cpu = {
         "amortised": train(AmortisedLearner(models["amortised"], num_sleep=config["num_sleep"], form="conditional",
-                                            seed=seed), y, config["epochs"], config["learning_rate"]),
+                                            regression=KernelRidge(), seed=seed),
+                           y, config["epochs"], config["learning_rate"]),
         "VAE": train(VariationalLearner(models["VAE"], MeanFieldEncoder({"z": ("normal", LATENT_DIM)}, (32,),
                                                                         seed=seed), seed=seed),
                      y, config["epochs"], config["learning_rate"]),

@@ -112,11 +112,11 @@ def cost_part(problem_list, args):
     for problem in problem_list:
         batch = tf.constant(problem.train[:problem.batch_size])
         for num_sleep in args.timing_sizes:
-            learner = AmortisedLearner(problem.initial_model(0), num_sleep=num_sleep, seed=0,
+            learner = AmortisedLearner(problem.initial_model(0), num_sleep=num_sleep, form="joint", seed=0,
                                        regression=KernelRidge(solver="cholesky"))
             learner.compile(optimizer=keras.optimizers.Adam(problem.learning_rate))
             model = learner.generative_model
-            learning = AmortisedLearner(problem.initial_model(0), num_sleep=num_sleep, seed=0,
+            learning = AmortisedLearner(problem.initial_model(0), num_sleep=num_sleep, form="joint", seed=0,
                                         regression=KernelRidge(learn=True, solver="cholesky"))
             learning.compile(optimizer=keras.optimizers.Adam(problem.learning_rate))
             calls = {"fixed step": lambda: learner.train_on_batch(batch),  # noqa: B023

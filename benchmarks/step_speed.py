@@ -176,7 +176,8 @@ def _learner(model_name, solver, num_sleep, options, jit_compile=False, previous
     keras.utils.set_random_seed(0)
     model = _build_model(model_name)
     ridge = KernelRidge(solver=solver, **options)
-    learner = AmortisedLearner(model, num_sleep=num_sleep, regression=ridge, num_holdout=NUM_HOLDOUT, seed=0)
+    learner = AmortisedLearner(model, num_sleep=num_sleep, form="joint", regression=ridge,
+                               num_holdout=NUM_HOLDOUT, seed=0)
     learner.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit_compile)
     if not previous:
         return model, ridge, learner.train_on_batch
