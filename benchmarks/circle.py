@@ -6,9 +6,11 @@ learned noise scale). Scores: uniformity of the orientations of sampled mean ima
 orientations estimated by matched filtering), their mean squared error to the nearest true Gabor, the
 reconstruction error of held-out patches by `E[decode(z) | x]` (sleep regression, no encoder) against the
 noise-free patch, and the held-out log-likelihood per patch by quadrature on the circle. References: the
-untrained model, and the true process (its exact posterior mean and log-likelihood, by quadrature).
+untrained model, and the true process (its exact posterior mean and log-likelihood, by quadrature). One row per
+regression (`--regressions`, `benchmarks/_regressions.py`): fixed, learned (the learner's default) and a deep
+kernel (learned on features of the patches), each from the same initial model.
 
-    python -m benchmarks.circle [--quick]
+    python -m benchmarks.circle [--quick] [--regressions fixed,learned,deep]
 """
 
 import math
@@ -19,6 +21,7 @@ import matplotlib
 import numpy as np
 import tensorflow as tf
 
+from benchmarks import _regressions
 from benchmarks._report import benchmark_parser, machine_header, markdown_table, plot_path, save_figure
 from tfp_amortised.learner import AmortisedLearner
 from tfp_amortised.models.circle import (CircleModel, circle_log_marginal, gabor, gabor_patches, kuiper_test,
@@ -71,39 +74,47 @@ def plot(result, path):
 
 def main():
     parser = benchmark_parser(__doc__, "1000 patches, N=500, 6 epochs")
+    parser.add_argument("--regressions", default=",".join(_regressions.SETTINGS),
+                        help="comma-separated regression settings, one row each (benchmarks/_regressions.py)")
     args = parser.parse_args()
+    settings = _regressions.parse(args.regressions)
     num_train, num_sleep, epochs, num_samples = (1000, 500, 6, 500) if args.quick else (2000, 1000, 15, 2000)
     start = time.time()
     keras.utils.set_random_seed(0)
     x, _ = gabor_patches(num_train, IMAGE_SIZE, seed=0, noise_scale=NOISE_SCALE)
     x_test, angle_test = gabor_patches(500, IMAGE_SIZE, seed=1, noise_scale=NOISE_SCALE)
     clean_test = gabor(angle_test, IMAGE_SIZE)
-    learner = AmortisedLearner(CircleModel(IMAGE_SIZE, hidden_units=(64,), scale=0.1, seed=0),
-                               num_sleep=num_sleep, form="conditional", seed=0)
-    learner.compile(optimizer=keras.optimizers.Adam(1e-2))
-    untrained = scores(learner, x_test, clean_test, num_samples, seed=2)
-    learner.fit(x, batch_size=100, epochs=epochs, verbose=0)
-    trained = scores(learner, x_test, clean_test, num_samples, seed=2)
-    path = plot_path("circle.png")
-    plot(trained, path)
-    columns = ["kuiper V", "p-value", "sample MSE", "reconstruction MSE", "log-likelihood", "sigma"]
+    columns = ["kuiper V", "p-value", "sample MSE", "reconstruction MSE", "log-likelihood", "sigma", "CPU s"]
+    rows = []
+    for setting in settings:
+        learner = AmortisedLearner(CircleModel(IMAGE_SIZE, hidden_units=(64,), scale=0.1, seed=0),
+                                   num_sleep=num_sleep, form="conditional",
+                                   regression=_regressions.regression(setting, (IMAGE_SIZE, IMAGE_SIZE)), seed=0)
+        learner.compile(optimizer=keras.optimizers.Adam(1e-2))
+        if not rows:
+            untrained = scores(learner, x_test, clean_test, num_samples, seed=2)
+            rows.append(["untrained model", *[untrained.get(name, "") for name in columns]])
+        cpu = time.process_time()
+        learner.fit(x, batch_size=100, epochs=epochs, verbose=0)
+        trained = {**scores(learner, x_test, clean_test, num_samples, seed=2), "CPU s": time.process_time() - cpu}
+        rows.append([f"amortised learning, {setting} regression", *[trained[name] for name in columns]])
+        path = plot_path(f"circle_{setting}.png" if len(settings) > 1 else "circle.png")
+        plot(trained, path)
+        print(f"{setting}: {[trained[name] for name in columns]}; plot {path}", flush=True)
     truth = {"kuiper V": float(kuiper_test(angle_test)[0]), "p-value": float(kuiper_test(angle_test)[1]),
              "sample MSE": 0., "sigma": NOISE_SCALE,
              "reconstruction MSE": float(tf.reduce_mean(tf.square(exact_reconstruction(x_test) - clean_test))),
              "log-likelihood": float(tf.reduce_mean(circle_log_marginal(
                  x_test, lambda z: gabor(z, IMAGE_SIZE), NOISE_SCALE)))}
-    noisy = {name: "" for name in columns}
-    noisy["reconstruction MSE"] = float(tf.reduce_mean(tf.square(x_test - clean_test)))
-    rows = [["untrained model", *[untrained[name] for name in columns]],
-            ["amortised learning", *[trained[name] for name in columns]],
-            ["true process (exact posterior)", *[truth[name] for name in columns]],
-            ["noisy input (no reconstruction)", *[noisy[name] for name in columns]]]
+    rows.append(["true process (exact posterior)", *[truth.get(name, "") for name in columns]])
+    rows.append(["noisy input (no reconstruction)", *["" for _ in columns]])
+    rows[-1][1 + columns.index("reconstruction MSE")] = float(tf.reduce_mean(tf.square(x_test - clean_test)))
     print(machine_header())
     print(f"{num_train} training patches {IMAGE_SIZE}x{IMAGE_SIZE}, noise {NOISE_SCALE}; N={num_sleep}, {epochs} "
           f"epochs of minibatches of 100, Adam 1e-2; Kuiper's test on {num_samples} sampled orientations "
-          f"(true process: on the 500 test orientations); 500 test patches\n")
+          f"(true process: on the 500 test orientations); 500 test patches; CPU s: process time of fit\n")
     print(markdown_table(["model", *columns], rows))
-    print(f"\nplot: {path}; wall time {time.time() - start:.0f} s")
+    print(f"\nwall time {time.time() - start:.0f} s")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,10 @@ Score: Fréchet distance of 2000 model samples to the 500 test digits, for the m
 the noisy samples `x`, in two feature spaces: (a) the 16 leading principal components of the training
 digits, (b) the 32-unit penultimate layer of a small Keras classifier trained here on the training labels.
 References: the training digits themselves (the floor set by finite test samples) and the untrained model.
+Amortised learning runs once per regression (`--regressions`, `benchmarks/_regressions.py`): fixed, learned (the
+learner's default) and a deep kernel (learned on features of the images).
 
-    python -m benchmarks.image_generation [--quick]
+    python -m benchmarks.image_generation [--quick] [--regressions fixed,learned,deep]
 """
 
 import argparse
@@ -21,6 +23,7 @@ import matplotlib
 import numpy as np
 import tensorflow as tf
 
+from benchmarks import _regressions
 from benchmarks._report import machine_header, markdown_table, plot_path
 from tfp_amortised.baselines import MeanFieldEncoder, VariationalLearner
 from tfp_amortised.learner import AmortisedLearner
@@ -48,9 +51,11 @@ def train_classifier(images, labels, test_images, test_labels, epochs):
 
 
 def make_learner(method, seed, num_sleep):
+    """`method`: "vae", or "amortised-<regression setting>"."""
     model = ImageDecoderModel((8, 8), latent_dim=LATENT_DIM, hidden_units=(64, 128), scale=0.3, seed=seed)
-    if method == "amortised":
-        learner = AmortisedLearner(model, num_sleep=num_sleep, form="conditional", seed=seed)
+    if method.startswith("amortised"):
+        learner = AmortisedLearner(model, num_sleep=num_sleep, form="conditional",
+                                   regression=_regressions.regression(method.split("-")[1], (8, 8), seed), seed=seed)
     else:
         encoder = MeanFieldEncoder({"z": ("normal", LATENT_DIM)}, hidden_units=(128, 64), seed=seed)
         learner = VariationalLearner(model, encoder, seed=seed)
@@ -93,6 +98,9 @@ def plot(grids, path):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, N=500, 10 epochs")
+    parser.add_argument("--regressions", default=",".join(_regressions.SETTINGS),
+                        help="comma-separated regression settings of amortised learning (benchmarks/_regressions.py)")
+    parser.add_argument("--no-vae", action="store_true", help="amortised learning only")
     args = parser.parse_args()
     seeds, num_sleep, epochs = ([0], 500, 10) if args.quick else ([0, 1, 2], 1000, 50)
     start = time.time()
@@ -106,14 +114,17 @@ def main():
     for space, features in feature_maps.items():
         floor[f"{space}, means"] = floor[f"{space}, samples"] = float(frechet_distance(features(train),
                                                                                        features(test)))
-    methods = {"amortised learning (conditional)": ("amortised", 1),
-               "VAE (mean-field encoder)": ("vae", 1), "VAE, 5x epochs": ("vae", 5)}
+    methods = {f"amortised learning (conditional, {setting} regression)": (f"amortised-{setting}", 1,
+                                                                           f"amortised, {setting}")
+               for setting in _regressions.parse(args.regressions)}  # name: (method, epoch multiple, plot title)
+    if not args.no_vae:
+        methods.update({"VAE (mean-field encoder)": ("vae", 1, "VAE"), "VAE, 5x epochs": ("vae", 5, None)})
     runs = {name: [] for name in ["untrained model", *methods]}
     grids = {"test digits": test}
     for seed in seeds:
-        for name, (method, multiple) in methods.items():
+        for name, (method, multiple, title) in methods.items():
             learner, model = make_learner(method, seed, num_sleep)
-            if name == "amortised learning (conditional)":
+            if name == next(iter(methods)):
                 runs["untrained model"].append({**scores(model, test, feature_maps, seed)[0], "sigma": 0.3,
                                                 "CPU s": 0.})
             cpu = time.process_time()
@@ -121,8 +132,8 @@ def main():
             cpu = time.process_time() - cpu
             result, means = scores(model, test, feature_maps, seed)
             runs[name].append({**result, "sigma": float(model.scale), "CPU s": cpu})
-            if seed == seeds[0] and multiple == 1:
-                grids[name.split(" (")[0]] = means
+            if seed == seeds[0] and title:
+                grids[title] = means
             print(f"seed {seed}, {name}: {result}, CPU {cpu:.0f} s", flush=True)
     path = plot_path("image_generation.png")
     plot(grids, path)

@@ -1,0 +1,37 @@
+"""The regression settings the image benchmarks compare: fixed, learned (the default) and a deep kernel."""
+
+import keras
+
+from tfp_amortised.ridge import KernelRidge
+
+SETTINGS = ("fixed", "learned", "deep")
+
+
+def deep_features(event_shape, hidden_units=64, num_features=16, seed=0):
+    """A trainable feature map `[B, *event_shape] -> [B, num_features]`: flatten, a tanh layer, a linear layer."""
+    return keras.Sequential([
+        keras.Input(event_shape), keras.layers.Flatten(),
+        keras.layers.Dense(hidden_units, activation="tanh", kernel_initializer=keras.initializers.GlorotUniform(seed)),
+        keras.layers.Dense(num_features, kernel_initializer=keras.initializers.GlorotUniform(seed + 1))],
+        name="deep_kernel_features")
+
+
+def regression(setting, event_shape, seed=0):
+    """The `KernelRidge` of a setting: `"fixed"` (median heuristic, lambda 1e-3), `"learned"` (`learn=True`, the
+    learner's default) or `"deep"` (`learn=True` on `deep_features` of the observations, whose weights it learns)."""
+    if setting == "fixed":
+        return KernelRidge()
+    if setting == "learned":
+        return KernelRidge(learn=True)
+    if setting == "deep":
+        return KernelRidge(learn=True, features=deep_features(event_shape, seed=seed))
+    raise ValueError(f"setting must be one of {SETTINGS}. Received: setting={setting!r}")
+
+
+def parse(settings):
+    """The comma-separated `--regressions` option as a tuple of settings, each checked."""
+    chosen = tuple(name.strip() for name in settings.split(","))
+    for name in chosen:
+        if name not in SETTINGS:
+            raise ValueError(f"--regressions takes names from {SETTINGS}. Received: {name!r}")
+    return chosen
