@@ -28,6 +28,7 @@ Three measurements, on six models with an exact `log_marginal`:
     python -m benchmarks.regression_quality --quick          # a few minutes
     python -m benchmarks.regression_quality --only timing    # one part: gradient, learning or timing
     python -m benchmarks.regression_quality --only learning --settings fixed,selected --forms joint
+    python -m benchmarks.regression_quality --only learning --models mixture_1d --epochs-scale 5
     python -m benchmarks.regression_quality --only gradient --solvers cholesky,nystrom,nystrom:2048 --forms joint
 
 With `--solvers` (a) compares solvers instead of settings: the fixed regression (median heuristic, lambda 1e-3,
@@ -145,9 +146,10 @@ def _nothing(*_):
     pass
 
 
-def problems(quick):
-    """The six models. Step counts (epochs x batches) are chosen so the exact-gradient oracle has about converged."""
-    scale = 0.5 if quick else 1.
+def problems(quick, epochs_scale=1.):
+    """The six models. Step counts (epochs x batches) are chosen so the exact-gradient oracle has about converged,
+    then multiplied by `epochs_scale` (`--epochs-scale`; halved more with `quick`)."""
+    scale = (0.5 if quick else 1.) * epochs_scale
 
     def mixture_truth(model):
         model.means.assign(np.linspace(-6., 6., 5, dtype=np.float32)[:, None])
@@ -480,7 +482,7 @@ def timing_part(problem_list, args):
         for num_sleep in args.timing_sizes:
             learners = {}
             for setting in ("fixed", "learned", "learned-mse", "learned-ard"):
-                learner = AmortisedLearner(problem.initial_model(0), num_sleep=num_sleep,
+                learner = AmortisedLearner(problem.initial_model(0), num_sleep=num_sleep, form="joint",
                                            regression=regression_layer(setting), seed=0)
                 learner.compile(optimizer=keras.optimizers.Adam(problem.learning_rate),
                                 regression_optimizer=keras.optimizers.Adam(args.regression_lr))
@@ -662,6 +664,8 @@ def main():
     parser.add_argument("--sweep-lrs", default=None, help="comma-separated regression lrs of (a) (default "
                         "0.05,0.1,0.2)")
     parser.add_argument("--hyper-steps", type=int, default=None, help="hyperparameter steps in (a) (default 50)")
+    parser.add_argument("--epochs-scale", type=float, default=1., help="multiplies every model's epochs in (b) "
+                        "(e.g. 5: the 1-D mixture's 60 steps become 300, where its oracle has converged)")
     parser.add_argument("--plot-from", default=None, help="comma-separated logs of runs of this benchmark: plot "
                         "their last (possibly partial) tables, merged, to regression_quality.png, and exit")
     args = parser.parse_args()
@@ -702,7 +706,7 @@ def main():
     args.timing_repeats = 5 if args.quick else 10
     fixed_lr = args.regression_lr
     args.regression_lr = fixed_lr or 0.1
-    problem_list = problems(args.quick)
+    problem_list = problems(args.quick, args.epochs_scale)
     if args.models:
         problem_list = [problem for problem in problem_list if problem.name in args.models.split(",")]
     parts = (args.only,) if args.only else ("gradient", "learning", "timing")
