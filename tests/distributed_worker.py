@@ -124,12 +124,13 @@ def _skipped_steps(strategy, data):
     import numpy as np  # pylint: disable=import-outside-toplevel
     from tfp_amortised.learner import AmortisedLearner  # pylint: disable=import-outside-toplevel
     from tfp_amortised.models import FactorAnalysisModel  # pylint: disable=import-outside-toplevel
+    from tfp_amortised.ridge import KernelRidge  # pylint: disable=import-outside-toplevel
 
     report = {}
     for name, x in (("clean", data.numpy()), ("poisoned", np.concatenate([data, np.full(data.shape, np.nan)]))):
         with strategy.scope():
             learner = AmortisedLearner(FactorAnalysisModel(1, 2, seed=1), num_sleep=NUM_SLEEP,
-                                       num_holdout=NUM_HOLDOUT, seed=SEED)
+                                       num_holdout=NUM_HOLDOUT, seed=SEED, form="joint", regression=KernelRidge())
             learner.compile(optimizer=keras.optimizers.Adam(0.05))
         history = learner.fit(tf.data.Dataset.from_tensor_slices(x.astype("float32")).batch(NUM_WAKE), epochs=1,
                               verbose=0)
@@ -145,6 +146,7 @@ def main(kind, out_path):
     import keras  # pylint: disable=import-outside-toplevel
     from tfp_amortised.learner import AmortisedLearner  # pylint: disable=import-outside-toplevel
     from tfp_amortised.models import FactorAnalysisModel  # pylint: disable=import-outside-toplevel
+    from tfp_amortised.ridge import KernelRidge  # pylint: disable=import-outside-toplevel
 
     data = FactorAnalysisModel(1, 2, seed=5).joint_distribution().sample(NUM_WAKE * 2, seed=[1, 2])[1]
     report = {"num_replicas": strategy.num_replicas_in_sync}
@@ -152,7 +154,7 @@ def main(kind, out_path):
     for form in ("joint", "conditional") if kind == "mirrored" else ():  # the gradient checks run on one machine
         with strategy.scope():
             learner = AmortisedLearner(FactorAnalysisModel(1, 2, seed=1), num_sleep=NUM_SLEEP, form=form,
-                                       num_holdout=NUM_HOLDOUT, seed=SEED)
+                                       num_holdout=NUM_HOLDOUT, seed=SEED, regression=KernelRidge())
         wake_x = data[:NUM_WAKE]
         report[form] = {"oracle": _oracle_gradient(learner, wake_x, step_seed, form, strategy.num_replicas_in_sync),
                         "surrogate": _surrogate_gradient(strategy, learner, wake_x, step_seed),
@@ -161,14 +163,13 @@ def main(kind, out_path):
 
     with strategy.scope():
         learner = AmortisedLearner(FactorAnalysisModel(1, 2, seed=1), num_sleep=NUM_SLEEP, num_holdout=NUM_HOLDOUT,
-                                   seed=SEED)
+                                   seed=SEED, form="joint", regression=KernelRidge())
         learner.compile(optimizer=keras.optimizers.Adam(0.05))
     history = learner.fit(data, batch_size=NUM_WAKE, epochs=2, shuffle=False, verbose=0,
                           callbacks=[keras.callbacks.TerminateOnNaN()])
     report["fit"] = {"weights": [v.numpy().ravel().tolist() for v in learner.trainable_variables],
                      "history": history.history}
     if kind == "mirrored":  # a learning regression: hyperparameters trained on the replicas' held-out errors
-        from tfp_amortised import KernelRidge  # pylint: disable=import-outside-toplevel
         with strategy.scope():
             learner = AmortisedLearner(FactorAnalysisModel(1, 2, seed=1), num_sleep=NUM_SLEEP, form="conditional",
                                        num_holdout=NUM_HOLDOUT, seed=SEED, regression=KernelRidge(learn=True))

@@ -55,7 +55,7 @@ def test_savedmodel_endpoints_in_a_fresh_process(tmp_path):
     """
     model = FactorAnalysisModel(1, 2, seed=1)
     model.loading.assign([[2.], [-1.5]])
-    learner = AmortisedLearner(model, num_sleep=NUM_STORED, seed=3)
+    learner = AmortisedLearner(model, num_sleep=NUM_STORED, seed=3, form="joint", regression=KernelRidge())
     learner.export(str(tmp_path / "served"))
     query = learner.sample(64, seed=[5, 6])
     np.savez(tmp_path / "inputs.npz", z=query["z"].numpy(), x=query["x"].numpy())
@@ -84,7 +84,7 @@ def test_posterior_mean_through_keras_tfsm_layer(tmp_path):
     1000 sleep pairs: measured RMSE 0.03 against the exact responsibilities; tolerance 0.08.
     """
     model = GaussianMixtureModel(2, 2, scale=0.7, seed=2)
-    learner = AmortisedLearner(model, num_sleep=NUM_STORED, seed=3)
+    learner = AmortisedLearner(model, num_sleep=NUM_STORED, seed=3, form="joint", regression=KernelRidge())
     learner.export(str(tmp_path / "served"))
     layer = keras.layers.TFSMLayer(str(tmp_path / "served"), call_endpoint="posterior_mean")
     x = learner.sample(64, seed=[7, 8])["x"]
@@ -127,7 +127,8 @@ class ScaledNoiseModel(GenerativeModel):
 def test_endpoint_signatures_follow_the_nodes(event_shape, tmp_path):
     """`log_joint` takes one input per node, named after it, with the node's event shape; `posterior_mean`
     maps `[M, *event_shape]` observations to `[M, 1]` latent means."""
-    learner = AmortisedLearner(ScaledNoiseModel(event_shape), num_sleep=16, num_holdout=0, seed=3)
+    learner = AmortisedLearner(ScaledNoiseModel(event_shape), num_sleep=16, num_holdout=0, seed=3, form="joint",
+                               regression=KernelRidge())
     learner.export(str(tmp_path / "served"))
     served = tf.saved_model.load(str(tmp_path / "served"))
     _, inputs = served.signatures["log_joint"].structured_input_signature

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from tfp_amortised.learner import AmortisedLearner
 from tfp_amortised.models import FactorAnalysisModel
+from tfp_amortised.ridge import KernelRidge
 
 
 @pytest.fixture(name="data", scope="module")
@@ -18,7 +19,8 @@ def _data():
 
 
 def _learner(**compile_arguments):
-    learner = AmortisedLearner(FactorAnalysisModel(1, 2, seed=1), num_sleep=32, num_holdout=8, seed=3)
+    learner = AmortisedLearner(FactorAnalysisModel(1, 2, seed=1), num_sleep=32, num_holdout=8, seed=3, form="joint",
+                               regression=KernelRidge())
     learner.compile(optimizer=keras.optimizers.Adam(0.05), **compile_arguments)
     return learner
 

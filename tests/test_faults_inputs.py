@@ -11,6 +11,7 @@ from tfp_amortised import ridge_expectation, surrogate_log_marginal
 from tfp_amortised.generative import GenerativeModel
 from tfp_amortised.learner import AmortisedLearner
 from tfp_amortised.models import FactorAnalysisModel
+from tfp_amortised.ridge import KernelRidge
 
 tfd = tfp.distributions
 BATCH = 8
@@ -22,7 +23,8 @@ def _data():
 
 
 def _learner(model=None, **compile_arguments):
-    learner = AmortisedLearner(model or FactorAnalysisModel(1, 2, seed=1), num_sleep=32, num_holdout=8, seed=3)
+    learner = AmortisedLearner(model or FactorAnalysisModel(1, 2, seed=1), num_sleep=32, num_holdout=8, seed=3,
+                               form="joint", regression=KernelRidge())
     learner.compile(optimizer=keras.optimizers.Adam(0.05), **compile_arguments)
     return learner
 

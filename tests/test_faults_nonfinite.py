@@ -11,6 +11,7 @@ import tensorflow_probability as tfp
 from tfp_amortised.generative import GenerativeModel
 from tfp_amortised.learner import AmortisedLearner
 from tfp_amortised.models import FactorAnalysisModel
+from tfp_amortised.ridge import KernelRidge
 
 tfd = tfp.distributions
 MODES = {"eager": {"run_eagerly": True}, "graph": {}, "xla": {"jit_compile": True}}
@@ -23,7 +24,8 @@ def _data():
 
 
 def _learner(mode, model=None):
-    learner = AmortisedLearner(model or FactorAnalysisModel(1, 2, seed=1), num_sleep=32, num_holdout=8, seed=3)
+    learner = AmortisedLearner(model or FactorAnalysisModel(1, 2, seed=1), num_sleep=32, num_holdout=8, seed=3,
+                               form="joint", regression=KernelRidge())
     learner.compile(optimizer=keras.optimizers.Adam(0.05), **MODES[mode])
     return learner
 

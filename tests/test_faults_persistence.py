@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from tfp_amortised.learner import AmortisedLearner
 from tfp_amortised.models import FactorAnalysisModel, GaussianMixtureModel
+from tfp_amortised.ridge import KernelRidge
 
 
 def test_exported_posterior_of_a_categorical_latent_is_its_class_probabilities(tmp_path):
@@ -18,7 +19,7 @@ def test_exported_posterior_of_a_categorical_latent_is_its_class_probabilities(t
     truth = GaussianMixtureModel(num_components=3, data_dim=2, scale=0.5)
     truth.means.assign([[-3., 0.], [0., 3.], [3., 0.]])  # test_learner.py's TRUE_MEANS
     x = truth.joint_distribution().sample(20, seed=[5, 6])[1]
-    learner = AmortisedLearner(truth, num_sleep=2000, seed=1)
+    learner = AmortisedLearner(truth, num_sleep=2000, seed=1, form="joint", regression=KernelRidge())
     learner.export(str(tmp_path / "served"), seed=(2, 3))
     loaded = tf.saved_model.load(str(tmp_path / "served"))  # referenced while its functions run
     served = loaded.posterior_mean(x)
@@ -37,7 +38,8 @@ def test_exported_posterior_of_a_categorical_latent_is_its_class_probabilities(t
 
 
 def test_exported_posterior_mean_of_a_real_latent_is_kept(tmp_path):
-    learner = AmortisedLearner(FactorAnalysisModel(1, 2, seed=0), num_sleep=200, seed=0)
+    learner = AmortisedLearner(FactorAnalysisModel(1, 2, seed=0), num_sleep=200, seed=0, form="joint",
+                               regression=KernelRidge())
     learner.export(str(tmp_path / "served"))
     loaded = tf.saved_model.load(str(tmp_path / "served"))
     served = loaded.posterior_mean(tf.zeros([4, 2]))
@@ -63,7 +65,8 @@ class _InterruptAtBatch(keras.callbacks.Callback):
 
 
 def _resume_learner():
-    learner = AmortisedLearner(FactorAnalysisModel(1, 2, seed=1), num_sleep=64, num_holdout=8, seed=3)
+    learner = AmortisedLearner(FactorAnalysisModel(1, 2, seed=1), num_sleep=64, num_holdout=8, seed=3, form="joint",
+                               regression=KernelRidge())
     learner.compile(optimizer=keras.optimizers.Adam(0.05))
     return learner
 

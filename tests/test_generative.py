@@ -9,6 +9,7 @@ import tensorflow_probability as tfp
 
 from tfp_amortised.generative import ConstrainedWeight, GenerativeModel, check_trainable, untracked_variables
 from tfp_amortised.learner import AmortisedLearner
+from tfp_amortised.ridge import KernelRidge
 
 tfb, tfd = tfp.bijectors, tfp.distributions
 Root = tfd.JointDistributionCoroutine.Root
@@ -32,7 +33,7 @@ class NoisyGaussian(GenerativeModel):
 
 def _one_adam_step(model, x, learning_rate):
     """Fits `model` to `x` for one full-batch Adam step."""
-    learner = AmortisedLearner(model, num_sleep=64, num_holdout=0, seed=0)
+    learner = AmortisedLearner(model, num_sleep=64, num_holdout=0, seed=0, form="joint", regression=KernelRidge())
     learner.compile(optimizer=keras.optimizers.Adam(learning_rate))
     learner.fit(x, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
     return learner
@@ -236,7 +237,7 @@ def test_unserialisable_argument_error_names_it(tmp_path):
                                                   r".*\"Writing a model\""):
         model.get_config()
     learner = AmortisedLearner(TransformedModel(transform=None, options={"levels": [1, object()]}), num_sleep=64,
-                               num_holdout=0, seed=0)
+                               num_holdout=0, seed=0, form="joint", regression=KernelRidge())
     with pytest.raises(NotImplementedError, match=r"argument `options\['levels'\]\[1\]` \(a object\)"):
         learner.save(tmp_path / "transformed.keras")
 

@@ -144,7 +144,8 @@ def test_fit_on_dicts_matches_the_array_run():
     data = FactorAnalysisModel(1, 2, seed=5).joint_distribution().sample(32, seed=[1, 2])[1].numpy()
     weights = []
     for x in (data, {"x": data}, tf.data.Dataset.from_tensor_slices({"x": data}).batch(8)):
-        learner = AmortisedLearner(FactorAnalysisModel(1, 2, seed=1), num_sleep=32, num_holdout=0, seed=3)
+        learner = AmortisedLearner(FactorAnalysisModel(1, 2, seed=1), num_sleep=32, num_holdout=0, seed=3,
+                                   form="joint", regression=KernelRidge())
         learner.compile(optimizer=keras.optimizers.Adam(0.05))
         learner.fit(x, batch_size=None if isinstance(x, tf.data.Dataset) else 8, epochs=1, shuffle=False, verbose=0)
         weights.append([v.numpy() for v in learner.trainable_variables])
@@ -159,7 +160,8 @@ def test_fit_reaches_exact_gradient_ascent():
     data = _data(256, seed=(7, 8))
     results = {}
     for name, learner_class, kwargs in (("exact", ExactGradientLearner, {}),
-                                        ("amortised", AmortisedLearner, {"num_sleep": 500, "num_holdout": 0})):
+                                        ("amortised", AmortisedLearner, {"num_sleep": 500, "num_holdout": 0, "form": "joint",
+                                                                         "regression": KernelRidge()})):
         model = TwoViewModel(a=0.3, b=(0.1, -0.2), s=1.5, t=(1.2, 1.2))
         learner = learner_class(model, seed=1, **kwargs)
         learner.compile(optimizer=keras.optimizers.Adam(0.05))
@@ -175,7 +177,7 @@ def test_posterior_mean_matches_the_closed_form():
     """The regression on the concatenated views gives E[z | x, y], from dict data given to posterior_mean,
     posterior_expectation, predict and the call."""
     model = TwoViewModel()
-    learner = AmortisedLearner(model, num_sleep=2000, num_holdout=0, seed=1)
+    learner = AmortisedLearner(model, num_sleep=2000, num_holdout=0, seed=1, form="joint", regression=KernelRidge())
     wake = _data(50)
     exact = model.posterior_mean(wake)
 
@@ -218,7 +220,7 @@ def test_ard_learns_one_length_scale_per_concatenated_dimension():
 
 
 def test_export_takes_one_input_per_observed_node(tmp_path):
-    learner = AmortisedLearner(TwoViewModel(), num_sleep=200, seed=1)
+    learner = AmortisedLearner(TwoViewModel(), num_sleep=200, seed=1, form="joint", regression=KernelRidge())
     learner.export(str(tmp_path / "two_view"), seed=(0, 0))
     served = tf.saved_model.load(str(tmp_path / "two_view"))
     wake = _data(6)
@@ -228,7 +230,8 @@ def test_export_takes_one_input_per_observed_node(tmp_path):
 
 def test_saving_round_trip(tmp_path):
     """A learner of two views, fitted on dicts (with dict validation data), saves and loads through `.keras`."""
-    learner = AmortisedLearner(TwoViewModel(a=0.8), num_sleep=64, num_holdout=0, seed=1)
+    learner = AmortisedLearner(TwoViewModel(a=0.8), num_sleep=64, num_holdout=0, seed=1, form="joint",
+                               regression=KernelRidge())
     learner.compile(optimizer=keras.optimizers.Adam(0.01))
     wake = _data(16)
     history = learner.fit(wake, validation_data=(wake, None), batch_size=8, epochs=1, verbose=0)
@@ -244,7 +247,8 @@ def test_saving_round_trip(tmp_path):
 
 class TestErrorsNameTheNode:
     def _learner(self):
-        return AmortisedLearner(TwoViewModel(), num_sleep=32, num_holdout=0, seed=1)
+        return AmortisedLearner(TwoViewModel(), num_sleep=32, num_holdout=0, seed=1, form="joint",
+                                regression=KernelRidge())
 
     def test_missing_key(self):
         with pytest.raises(ValueError, match=r"x: wake_x must be keyed by the observed nodes \['x', 'y'\]: "

@@ -79,7 +79,8 @@ def test_kernel_ridge_rejects_non_positive_hyperparameters(argument, value):
 
 @pytest.fixture(name="learner")
 def _learner():
-    learner = AmortisedLearner(FactorAnalysisModel(1, 2, seed=1), num_sleep=32, num_holdout=0, seed=3)
+    learner = AmortisedLearner(FactorAnalysisModel(1, 2, seed=1), num_sleep=32, num_holdout=0, seed=3, form="joint",
+                               regression=KernelRidge())
     learner.compile(optimizer=keras.optimizers.Adam(0.05))
     return learner
 
@@ -130,7 +131,7 @@ def test_singular_gram_matrix_is_repaired_with_reported_jitter():
                          ids=["factor_analysis", "gaussian_mixture"])
 def test_terminate_on_nan_never_fires_on_the_example_models(model):
     data = model.joint_distribution().sample(96, seed=[3, 4])[1]
-    learner = AmortisedLearner(model, num_sleep=64, num_holdout=16, seed=3)
+    learner = AmortisedLearner(model, num_sleep=64, num_holdout=16, seed=3, form="joint", regression=KernelRidge())
     learner.compile(optimizer=keras.optimizers.Adam(0.05))
     history = learner.fit(data.numpy(), batch_size=32, epochs=2, verbose=0,
                           callbacks=[keras.callbacks.TerminateOnNaN()])
@@ -158,7 +159,8 @@ class _PointMassModel(GenerativeModel):
 
 def test_degenerate_step_never_writes_nan_into_the_weights():
     """When the ridge weights are NaN (all sleep points coincide), the step's gradient is zeroed: weights stay."""
-    learner = AmortisedLearner(_PointMassModel(name="point_mass"), num_sleep=16, num_holdout=0, seed=3)
+    learner = AmortisedLearner(_PointMassModel(name="point_mass"), num_sleep=16, num_holdout=0, seed=3, form="joint",
+                               regression=KernelRidge())
     learner.compile(optimizer=keras.optimizers.SGD(0.1))
     learner.fit(tf.ones([8, 2]), batch_size=8, epochs=1, verbose=0)
     np.testing.assert_array_equal(learner.generative_model.m.numpy(), [1., 1.])
@@ -257,7 +259,8 @@ def test_targets_of_the_wrong_length_or_dtype_are_named(values, error, message):
     x = np.random.default_rng(0).normal(size=[8, 2]).astype(np.float32)
     with pytest.raises(error, match=message):
         ridge_expectation(x, x[:3], values)
-    learner = AmortisedLearner(FactorAnalysisModel(1, 2, seed=1), num_sleep=8, num_holdout=0)
+    learner = AmortisedLearner(FactorAnalysisModel(1, 2, seed=1), num_sleep=8, num_holdout=0, form="joint",
+                               regression=KernelRidge())
     with pytest.raises(error, match="Received: values"):
         learner.posterior_expectation(x[:3], lambda sample: values)
 
@@ -305,7 +308,8 @@ def test_a_regression_that_explains_nothing_is_named_after_fit(regression, valid
     steps do not measure it)."""
     from tfp_amortised.learner import RegressionWarning  # pylint: disable=import-outside-toplevel
     model = FactorAnalysisModel(1, 2, seed=1)
-    learner = AmortisedLearner(model, num_sleep=64, num_holdout=32, regression=regression, seed=3)
+    learner = AmortisedLearner(model, num_sleep=64, num_holdout=32, form="joint", regression=regression,
+                               seed=3)
     learner.compile(optimizer=keras.optimizers.Adam(0.01))
     x = model.joint_distribution().sample(32, seed=[1, 2])[1].numpy()
     with pytest.warns(RegressionWarning, match="ridge_r2=.*Bandwidth: .*ridge: "):
@@ -401,7 +405,7 @@ def test_fit_on_models_with_non_finite_output_trains_skips_or_names_it(loc, scal
     import warnings as python_warnings  # pylint: disable=import-outside-toplevel
     model = _ExtremeModel(loc, scale, 1., log_normal)
     try:
-        learner = AmortisedLearner(model, num_sleep=16, num_holdout=0, seed=3)
+        learner = AmortisedLearner(model, num_sleep=16, num_holdout=0, seed=3, form="joint", regression=KernelRidge())
     except (ValueError, TypeError) as error:
         assert any(message in str(error) for message in NON_FINITE_MESSAGES), str(error)
         return

@@ -164,7 +164,7 @@ def test_short_fit_moves_growth_and_death_to_the_truth():
     model = BlowflyModel(**{**truth, "growth": 12., "death": 0.4})
     for weight in model.trainable_weights:
         weight.trainable = weight.name in ("raw_growth", "raw_death")
-    learner = AmortisedLearner(model, num_sleep=300, num_holdout=0, seed=1)
+    learner = AmortisedLearner(model, num_sleep=300, num_holdout=0, seed=1, form="joint", regression=KernelRidge())
     learner.compile(optimizer=keras.optimizers.Adam(0.2))
     learner.fit(series, batch_size=8, epochs=80, verbose=0)
     learned = model.parameters()

@@ -10,6 +10,7 @@ from tfp_amortised.evaluation import median_relative_error, per_point_gradients
 from tfp_amortised import surrogate_log_marginal
 from tfp_amortised.learner import AmortisedLearner
 from tfp_amortised.models.hierarchical import HierarchicalPoissonModel
+from tfp_amortised.ridge import KernelRidge
 
 
 def test_log_marginal_matches_quadrature_over_the_rate():
@@ -47,7 +48,8 @@ def test_fit_reaches_the_exact_maximum_likelihood():
     # Tolerance 10% of the MLE: the sampling error of the MLE itself is ~5% at this data size.
     data = HierarchicalPoissonModel(5, concentration=3., rate=0.5).joint_distribution().sample(2000, seed=[1, 1]).x
     model = HierarchicalPoissonModel(5)
-    learner = AmortisedLearner(model, num_sleep=500, form="conditional", seed=1, num_holdout=0)
+    learner = AmortisedLearner(model, num_sleep=500, form="conditional", seed=1, num_holdout=0,
+                               regression=KernelRidge())
     learner.compile(optimizer=keras.optimizers.Adam(0.05))
     learner.fit(data, batch_size=200, epochs=30, verbose=0)
     np.testing.assert_allclose([float(model.concentration), float(model.rate)], [2.997, 0.494], rtol=0.1)

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from tfp_amortised.learner import AmortisedLearner
 from tfp_amortised.models.ica import IndependentComponentsModel, amari_index
+from tfp_amortised.ridge import KernelRidge
 
 MIXING = np.array([[1., 0.6], [-0.4, 1.]], np.float32)
 
@@ -64,7 +65,8 @@ def test_fit_recovers_the_mixing_matrix():
     data = _model().joint_distribution().sample(1000, seed=[1, 1]).x
     model = IndependentComponentsModel(2, 2, seed=0)
     assert amari_index(model.mixing.numpy(), MIXING) > 0.35
-    learner = AmortisedLearner(model, num_sleep=300, form="conditional", seed=1, num_holdout=0)
+    learner = AmortisedLearner(model, num_sleep=300, form="conditional", seed=1, num_holdout=0,
+                               regression=KernelRidge())
     learner.compile(optimizer=keras.optimizers.Adam(0.02))
     learner.fit(data, batch_size=100, epochs=20, verbose=0)
     assert amari_index(model.mixing.numpy(), MIXING) < 0.15
