@@ -8,12 +8,15 @@ SETTINGS = ("fixed", "learned", "deep")
 
 
 def deep_features(event_shape, hidden_units=64, num_features=16, seed=0):
-    """A trainable feature map `[B, *event_shape] -> [B, num_features]`: flatten, a tanh layer, a linear layer."""
-    return keras.Sequential([
-        keras.Input(event_shape), keras.layers.Flatten(),
-        keras.layers.Dense(hidden_units, activation="tanh", kernel_initializer=keras.initializers.GlorotUniform(seed)),
-        keras.layers.Dense(num_features, kernel_initializer=keras.initializers.GlorotUniform(seed + 1))],
-        name="deep_kernel_features")
+    """A trainable feature map `[B, *event_shape] -> [B, D + num_features]`: the flattened observation (D values)
+    followed by a tanh layer and a linear layer of it, so the kernel starts from the raw observations' information
+    and learns what to add."""
+    inputs = keras.Input(event_shape)
+    flat = keras.layers.Flatten()(inputs)
+    hidden = keras.layers.Dense(hidden_units, activation="tanh",
+                                kernel_initializer=keras.initializers.GlorotUniform(seed))(flat)
+    learned = keras.layers.Dense(num_features, kernel_initializer=keras.initializers.GlorotUniform(seed + 1))(hidden)
+    return keras.Model(inputs, keras.layers.Concatenate()([flat, learned]), name="deep_kernel_features")
 
 
 def regression(setting, event_shape, seed=0):

@@ -7,8 +7,10 @@ flipped in the training set, so that the model learns the bars and the noise. `A
 at 1/2. Scores: pixel error rate against the clean test images, for clean inputs (reconstruction) and
 inputs with 5%, 10% and 20% of pixels flipped (denoising). Baseline: a VAE (`VariationalLearner`) on the
 same generative model with a logit-normal mean-field encoder, its denoiser `E_q[p(x | z)]` (64 samples).
+Amortised learning runs once per regression (`--regressions`, `benchmarks/_regressions.py`); a learning
+regression's model also denoises with a fixed `KernelRidge()` (`posterior_expectation(..., regression=...)`).
 
-    python -m benchmarks.binary_factor [--quick]
+    python -m benchmarks.binary_factor [--quick] [--regressions fixed,learned,deep]
 """
 
 import time
@@ -19,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from benchmarks import _regressions
 from benchmarks._report import benchmark_parser, machine_header, markdown_table, plot_path, save_figure
 from tfp_amortised.baselines import MeanFieldEncoder, VariationalLearner
 from tfp_amortised.learner import AmortisedLearner
@@ -49,14 +52,15 @@ def error_rate(probabilities, clean):
     return float(tf.reduce_mean(tf.cast((probabilities > 0.5) != (clean > 0.5), tf.float32)))
 
 
-def amortised_denoisers(learner):
-    """Two encoder-free denoisers: `E[p(x | z) | x]` and `p(x | E[z | x])`, each `[M, D] -> [M, D]`."""
+def amortised_denoisers(learner, label, regression=None):
+    """Two encoder-free denoisers, `E[p(x | z) | x]` and `p(x | E[z | x])`, each `[M, D] -> [M, D]`, by
+    `regression` (default: the learner's own), named after `label`."""
     model = learner.generative_model
     return {
-        "amortised: posterior mean of p(x given z)": lambda x: learner.posterior_expectation(
-            x, lambda s: model.pixel_probabilities(s["z"]), seed=[5, 6]),
-        "amortised: p(x given posterior mean of z)": lambda x: model.pixel_probabilities(
-            learner.posterior_expectation(x, lambda s: s["z"], seed=[5, 6])),
+        f"{label}: posterior mean of p(x given z)": lambda x: learner.posterior_expectation(
+            x, lambda s: model.pixel_probabilities(s["z"]), seed=[5, 6], regression=regression),
+        f"{label}: p(x given posterior mean of z)": lambda x: model.pixel_probabilities(
+            learner.posterior_expectation(x, lambda s: s["z"], seed=[5, 6], regression=regression)),
     }
 
 
@@ -89,6 +93,8 @@ def plot(clean, noisy, denoised, loading, path):
 
 def main():
     parser = benchmark_parser(__doc__, "N=500, 4 epochs")
+    parser.add_argument("--regressions", default=",".join(_regressions.SETTINGS),
+                        help="comma-separated regression settings of amortised learning (benchmarks/_regressions.py)")
     args = parser.parse_args()
     num_sleep, epochs = (500, 4) if args.quick else (1000, 15)
     start = time.time()
@@ -99,23 +105,31 @@ def main():
     noisy = {rate: flip_pixels(test, rate, seed=3) for rate in TEST_FLIPS}
     data_dim = IMAGE_SIZE * IMAGE_SIZE
 
-    learner = AmortisedLearner(BinaryFactorModel(NUM_FACTORS, data_dim, seed=0), num_sleep=num_sleep,
-                               form="conditional", regression=KernelRidge(), seed=0)
-    learner.compile(optimizer=keras.optimizers.Adam(3e-2))
-    learner.fit(x, batch_size=100, epochs=epochs, verbose=0)
+    denoisers, learners = {"noisy input (no denoising)": lambda x: x}, []
+    for setting in _regressions.parse(args.regressions):
+        learner = AmortisedLearner(BinaryFactorModel(NUM_FACTORS, data_dim, seed=0), num_sleep=num_sleep,
+                                   form="conditional", regression=_regressions.regression(setting, (data_dim,)),
+                                   seed=0)
+        learner.compile(optimizer=keras.optimizers.Adam(3e-2))
+        learner.fit(x, batch_size=100, epochs=epochs, verbose=0)
+        learners.append(learner)
+        denoisers.update(amortised_denoisers(learner, f"amortised, {setting} regression"))
+        if learner.regression.learn:
+            denoisers.update(amortised_denoisers(learner, f"amortised, {setting} regression, predicted by the fixed "
+                                                 "one", KernelRidge()))
     amortised_time = time.time() - start
     vae = VariationalLearner(BinaryFactorModel(NUM_FACTORS, data_dim, seed=0),
                              LogitNormalEncoder({"z": ("normal", NUM_FACTORS)}, hidden_units=(64,), seed=0), seed=0)
     vae.compile(optimizer=keras.optimizers.Adam(3e-2))
     vae.fit(x, batch_size=100, epochs=epochs, verbose=0)
 
-    denoisers = {"noisy input (no denoising)": lambda x: x, **amortised_denoisers(learner),
-                 "VAE: mean of p(x given z) under q(z given x)": vae_denoiser(vae)}
+    denoisers["VAE: mean of p(x given z) under q(z given x)"] = vae_denoiser(vae)
     rows = [[name, error_rate(denoise(test), test), *[error_rate(denoise(noisy[rate]), test) for rate in TEST_FLIPS]]
             for name, denoise in denoisers.items()]
     path = plot_path("binary_factor.png")
-    plot(test.numpy(), noisy[0.1].numpy(), denoisers["amortised: posterior mean of p(x given z)"](noisy[0.1]).numpy(),
-         learner.generative_model.loading.numpy(), path)
+    first = next(name for name in denoisers if name.startswith("amortised"))  # the first setting's E[p(x | z) | x]
+    plot(test.numpy(), noisy[0.1].numpy(), denoisers[first](noisy[0.1]).numpy(),
+         learners[0].generative_model.loading.numpy(), path)
     print(machine_header())
     print(f"5x5 bars, 2000 training images with {TRAIN_FLIP:.0%} flipped pixels; BinaryFactorModel(10, 25); "
           f"amortised: N={num_sleep}, conditional form; both methods {epochs} epochs of minibatches of 100, "

@@ -688,8 +688,9 @@ def main():
     if args.sweep_lrs:
         REGRESSION_LRS = tuple(float(value) for value in args.sweep_lrs.split(","))
     args.seeds = args.seeds or (2 if args.quick else 5)
-    tolerance_suffix = (("" if args.tolerance is None else f"_tolerance{args.tolerance:g}")
-                        + ("" if args.select_every == 20 else f"_every{args.select_every}"))
+    run_suffix = (("" if args.tolerance is None else f"_tolerance{args.tolerance:g}")
+                        + ("" if args.select_every == 20 else f"_every{args.select_every}")
+                        + ("" if args.epochs_scale == 1. else f"_epochs{args.epochs_scale:g}x"))
     args.tolerance = 1. if args.tolerance is None else args.tolerance
     args.num_sleep = 300 if args.quick else 1000
     args.gradient_sizes = ((300, 600) if args.quick else (1000, 2000)) if args.gradient_sizes is None else tuple(
@@ -757,7 +758,7 @@ def main():
                        f"quiet machine)\n\n{timing_table(timing)}")
     if gradient_results is not None or curves is not None:
         suffix = (("_quick" if args.quick else "") + (f"_{args.only}" if args.only else "")
-                  + (f"_{args.models.replace(',', '_')}" if args.models else "") + tolerance_suffix)
+                  + (f"_{args.models.replace(',', '_')}" if args.models else "") + run_suffix)
         path = plot_path(f"regression_quality{suffix}.png")
         plot(problem_list, gradient_results, curves, args, path)
         outputs.append(f"plot: {path}")
