@@ -107,14 +107,17 @@ def test_variance_weight_is_checked_saved_and_one_for_older_files():
     assert KernelRidge.from_config(config).variance_weight == 1.
 
 
+@pytest.mark.parametrize("solver", ["cholesky", "random_features", "nystrom"])
 @pytest.mark.parametrize("parameter", ["log_bandwidth", "log_ridge"])
-def test_regression_loss_gradient_matches_finite_differences(parameter):
-    """The hyperparameter gradient through the Cholesky solve, in float64, against central differences."""
+def test_regression_loss_gradient_matches_finite_differences(parameter, solver):
+    """The hyperparameter gradient through each solver (exact; 64 random features, whose frequencies scale with
+    the bandwidth; 16 Nystrom inducing points), in float64, against central differences."""
     rng = np.random.default_rng(3)
     sleep_x, held_x = rng.normal(size=[60, 2]), rng.normal(size=[20, 2])
     fitted = np.sin(2. * sleep_x[:, :1]) + 0.1 * rng.normal(size=[60, 1])
     target = np.sin(2. * held_x[:, :1]) + 0.1 * rng.normal(size=[20, 1])
-    regression = KernelRidge(learn=True, bandwidth=0.7, ridge=1e-2, dtype="float64")
+    regression = KernelRidge(learn=True, bandwidth=0.7, ridge=1e-2, dtype="float64", solver=solver, num_features=64,
+                             num_inducing=16)
     variable = getattr(regression, parameter)
 
     def loss():
