@@ -319,6 +319,20 @@ def test_a_regression_that_explains_nothing_is_named_after_fit(regression, valid
         assert history.history["val_ridge_r2"][0] < 0.05
 
 
+def test_the_warning_about_a_learning_regression_suggests_the_fixed_one():
+    """A learning regression that explains nothing (a huge fixed-start bandwidth) is named after fit, and the
+    remedy offered is the fixed median-heuristic regression, not learning (which it already does)."""
+    from tfp_amortised.learner import RegressionWarning  # pylint: disable=import-outside-toplevel
+    model = FactorAnalysisModel(1, 2, seed=1)
+    learner = AmortisedLearner(model, num_sleep=64, num_holdout=32, form="joint", seed=3,
+                               regression=KernelRidge(learn=True, bandwidth=1e10))
+    learner.compile(optimizer=keras.optimizers.Adam(0.01), regression_optimizer=keras.optimizers.SGD(0.))
+    x = model.joint_distribution().sample(32, seed=[1, 2])[1].numpy()
+    with pytest.warns(RegressionWarning, match=r"ridge_r2=.*Try the fixed median-heuristic regression "
+                                               r"\(KernelRidge\(\)\)"):
+        learner.fit(x, batch_size=32, epochs=1, verbose=0)
+
+
 @pytest.mark.parametrize("validation", [False, True], ids=["measured_at_end", "validation"])
 def test_a_working_regression_gives_no_warning(validation):
     import warnings as python_warnings  # pylint: disable=import-outside-toplevel

@@ -334,7 +334,7 @@ class _RegressionQualityCheck(keras.callbacks.Callback):
             return
         regression = learner.regression
         bandwidth = "the median heuristic" if regression.bandwidth is None else f"{regression.bandwidth.numpy()}"
-        remedies = "more training steps (the hyperparameters are still learning), " if regression.learn else (
+        remedies = "the fixed median-heuristic regression (KernelRidge()), " if regression.learn else (
             "KernelRidge(learn=True), ")
         warnings.warn(
             f"The regression explained almost nothing of the gradient at held-out sleep samples in the last epoch "
