@@ -1,5 +1,7 @@
 """The regression settings the image benchmarks compare: fixed, learned (the default) and a deep kernel."""
 
+import argparse
+
 import keras
 
 from tfp_amortised.ridge import KernelRidge
@@ -31,10 +33,17 @@ def regression(setting, event_shape, seed=0):
     raise ValueError(f"setting must be one of {SETTINGS}. Received: setting={setting!r}")
 
 
-def parse(settings):
-    """The comma-separated `--regressions` option as a tuple of settings, each checked."""
+def add_option(parser):
+    """Adds `--regressions` to a benchmark's `argparse` parser: comma-separated settings, parsed into a checked
+    tuple (default: all of `SETTINGS`)."""
+    parser.add_argument("--regressions", type=_parse, default=SETTINGS,
+                        help=f"comma-separated regression settings of amortised learning, one run each (default "
+                        f"{','.join(SETTINGS)}; benchmarks/_regressions.py)")
+
+
+def _parse(settings):
     chosen = tuple(name.strip() for name in settings.split(","))
-    for name in chosen:
-        if name not in SETTINGS:
-            raise ValueError(f"--regressions takes names from {SETTINGS}. Received: {name!r}")
+    unknown = [name for name in chosen if name not in SETTINGS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"takes names from {SETTINGS}. Received: {unknown}")
     return chosen

@@ -93,8 +93,7 @@ def plot(clean, noisy, denoised, loading, path):
 
 def main():
     parser = benchmark_parser(__doc__, "N=500, 4 epochs")
-    parser.add_argument("--regressions", default=",".join(_regressions.SETTINGS),
-                        help="comma-separated regression settings of amortised learning (benchmarks/_regressions.py)")
+    _regressions.add_option(parser)
     args = parser.parse_args()
     num_sleep, epochs = (500, 4) if args.quick else (1000, 15)
     start = time.time()
@@ -106,7 +105,7 @@ def main():
     data_dim = IMAGE_SIZE * IMAGE_SIZE
 
     denoisers, learners = {"noisy input (no denoising)": lambda x: x}, []
-    for setting in _regressions.parse(args.regressions):
+    for setting in args.regressions:
         learner = AmortisedLearner(BinaryFactorModel(NUM_FACTORS, data_dim, seed=0), num_sleep=num_sleep,
                                    form="conditional", regression=_regressions.regression(setting, (data_dim,)),
                                    seed=0)

@@ -74,10 +74,9 @@ def plot(result, path):
 
 def main():
     parser = benchmark_parser(__doc__, "1000 patches, N=500, 6 epochs")
-    parser.add_argument("--regressions", default=",".join(_regressions.SETTINGS),
-                        help="comma-separated regression settings, one row each (benchmarks/_regressions.py)")
+    _regressions.add_option(parser)
     args = parser.parse_args()
-    settings = _regressions.parse(args.regressions)
+    settings = args.regressions
     num_train, num_sleep, epochs, num_samples = (1000, 500, 6, 500) if args.quick else (2000, 1000, 15, 2000)
     start = time.time()
     keras.utils.set_random_seed(0)
@@ -106,9 +105,9 @@ def main():
              "reconstruction MSE": float(tf.reduce_mean(tf.square(exact_reconstruction(x_test) - clean_test))),
              "log-likelihood": float(tf.reduce_mean(circle_log_marginal(
                  x_test, lambda z: gabor(z, IMAGE_SIZE), NOISE_SCALE)))}
+    noisy = {"reconstruction MSE": float(tf.reduce_mean(tf.square(x_test - clean_test)))}
     rows.append(["true process (exact posterior)", *[truth.get(name, "") for name in columns]])
-    rows.append(["noisy input (no reconstruction)", *["" for _ in columns]])
-    rows[-1][1 + columns.index("reconstruction MSE")] = float(tf.reduce_mean(tf.square(x_test - clean_test)))
+    rows.append(["noisy input (no reconstruction)", *[noisy.get(name, "") for name in columns]])
     print(machine_header())
     print(f"{num_train} training patches {IMAGE_SIZE}x{IMAGE_SIZE}, noise {NOISE_SCALE}; N={num_sleep}, {epochs} "
           f"epochs of minibatches of 100, Adam 1e-2; Kuiper's test on {num_samples} sampled orientations "

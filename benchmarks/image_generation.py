@@ -98,8 +98,7 @@ def plot(grids, path):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, N=500, 10 epochs")
-    parser.add_argument("--regressions", default=",".join(_regressions.SETTINGS),
-                        help="comma-separated regression settings of amortised learning (benchmarks/_regressions.py)")
+    _regressions.add_option(parser)
     parser.add_argument("--no-vae", action="store_true", help="amortised learning only")
     args = parser.parse_args()
     seeds, num_sleep, epochs = ([0], 500, 10) if args.quick else ([0, 1, 2], 1000, 50)
@@ -116,7 +115,7 @@ def main():
                                                                                        features(test)))
     methods = {f"amortised learning (conditional, {setting} regression)": (f"amortised-{setting}", 1,
                                                                            f"amortised, {setting}")
-               for setting in _regressions.parse(args.regressions)}  # name: (method, epoch multiple, plot title)
+               for setting in args.regressions}  # name: (method, epoch multiple, plot title)
     if not args.no_vae:
         methods.update({"VAE (mean-field encoder)": ("vae", 1, "VAE"), "VAE, 5x epochs": ("vae", 5, None)})
     runs = {name: [] for name in ["untrained model", *methods]}

@@ -689,8 +689,8 @@ def main():
         REGRESSION_LRS = tuple(float(value) for value in args.sweep_lrs.split(","))
     args.seeds = args.seeds or (2 if args.quick else 5)
     run_suffix = (("" if args.tolerance is None else f"_tolerance{args.tolerance:g}")
-                        + ("" if args.select_every == 20 else f"_every{args.select_every}")
-                        + ("" if args.epochs_scale == 1. else f"_epochs{args.epochs_scale:g}x"))
+                  + ("" if args.select_every == 20 else f"_every{args.select_every}")
+                  + ("" if args.epochs_scale == 1. else f"_epochs{args.epochs_scale:g}x"))
     args.tolerance = 1. if args.tolerance is None else args.tolerance
     args.num_sleep = 300 if args.quick else 1000
     args.gradient_sizes = ((300, 600) if args.quick else (1000, 2000)) if args.gradient_sizes is None else tuple(

@@ -219,8 +219,7 @@ class AmortisedLearner(Learner):
         sample = self.sample(self.num_sleep if num_sleep is None else check_num_sleep(num_sleep), seed)
         sleep_x = _observations.select(sample, self.observed)
         x = check_observations(x, sleep_x, self.observed)
-        check_regression(regression)
-        return ridge_expectation(sleep_x, x, fn(sample), self.regression if regression is None else regression)
+        return ridge_expectation(sleep_x, x, fn(sample), self._prediction_regression(regression))
 
     def posterior_mean(self, x, num_sleep=None, seed=None, regression=None):
         """Estimates the posterior mean of every latent node, `E[z | x_m]`, with no encoder.
@@ -249,9 +248,13 @@ class AmortisedLearner(Learner):
         sample = self.sample(self.num_sleep if num_sleep is None else check_num_sleep(num_sleep), seed)
         sleep_x = _observations.select(sample, self.observed)
         x = _observations.cast_like(check_wake_x(x, sleep_x, self.observed), sleep_x)
-        check_regression(regression)
-        return posterior_means(self.regression if regression is None else regression, sample, self.observed, x,
+        return posterior_means(self._prediction_regression(regression), sample, self.observed, x,
                                self._categorical_classes)
+
+    def _prediction_regression(self, regression):
+        """`regression` (checked), or the learner's own when it is None."""
+        check_regression(regression)
+        return self.regression if regression is None else regression
 
     def call(self, x):
         """`learner(x)`: `posterior_mean(x)`, with a sleep set from the evaluation stream."""
