@@ -25,11 +25,13 @@ its wake value.
 
 import typing
 
+import keras
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_amortised import _joint, _observations, distributed
+from tfp_amortised.linalg import in_xla_context
 from tfp_amortised.ridge import check_regression, regression_weights
 
 FORMS = ("joint", "conditional")
@@ -329,8 +331,12 @@ def gradient_projections(joint, named_value, variables, seed, num_projections=2,
     `t_bk = v_k . grad_theta log p_theta(value_b)` with `v_k ~ N(0, I)` over all parameters. Since
     `E_v[(v . e)^2] = |e|^2`, a squared error of these projections estimates the squared error of the gradient.
     Each column is a Jacobian-vector product `J v_k`, computed by reverse mode twice (the gradient with respect to
-    `u` of `(J^T u) . v_k`), so it needs no more of the model than the learner's own gradient does (forward-mode
-    differentiation fails on some models, e.g. ones whose JointDistribution traces a loop).
+    `u` of `(J^T u) . v_k`), which needs no more of the model than the learner's own gradient does. An AutoBatched
+    joint is differentiated in forward mode instead (`tf.autodiff.ForwardAccumulator`, the same values): reverse
+    mode twice through its vectorised map cost about 200 times as much on a Gaussian mixture
+    (`benchmarks/RESULTS.md`). Forward mode fails on some models (one whose distribution runs a `tf.scan`, for
+    one); there, for Keras variables behind no `tf.Variable`, and under XLA (where forward mode through the
+    vectorised map gave zeros), the reverse-mode path is taken.
 
     Args:
       joint: a zero-argument callable returning the `tfd.JointDistribution` (built inside the tapes).
@@ -348,6 +354,38 @@ def gradient_projections(joint, named_value, variables, seed, num_projections=2,
         raise TypeError("Projected gradient targets need joint as a zero-argument callable that builds the "
                         "JointDistribution from the variables (e.g. model.joint_distribution). Received: joint of "
                         f"type {type(joint).__name__}")
+    directions = [_random_directions(variables, tf.random.experimental.stateless_fold_in(seed, k))
+                  for k in range(num_projections)]
+    if getattr(_joint.resolve_joint(joint), "use_vectorized_map", False) and not in_xla_context():
+        try:
+            return _forward_projections(joint, named_value, variables, directions, log_density)
+        except (TypeError, ValueError, LookupError, NotImplementedError):
+            pass  # forward mode is not supported by some op of the model: reverse mode below
+    return _reverse_projections(joint, named_value, variables, directions, log_density)
+
+
+def _random_directions(variables, seed):
+    """One direction `v ~ N(0, I)` in parameter space: a standard normal Tensor shaped like each variable."""
+    seeds = tf.random.experimental.stateless_split(seed, max(len(variables), 1))
+    return [tf.random.stateless_normal(tf.shape(variable), seeds[i], dtype=tf.as_dtype(variable.dtype))
+            for i, variable in enumerate(variables)]
+
+
+def _forward_projections(joint, named_value, variables, directions, log_density):
+    """`gradient_projections` by forward-mode differentiation: one forward pass per direction."""
+    watched = [variable.value if isinstance(variable, keras.Variable) else variable for variable in variables]
+    if not all(isinstance(variable, tf.Variable) for variable in watched):
+        raise TypeError("forward-mode differentiation needs tf.Variables")
+    columns = []
+    for tangents in directions:
+        with tf.autodiff.ForwardAccumulator(watched, tangents) as accumulator:
+            log_joint = log_density(_joint.resolve_joint(joint), named_value)  # [*batch]
+        columns.append(accumulator.jvp(log_joint, unconnected_gradients=tf.UnconnectedGradients.ZERO))
+    return tf.stop_gradient(tf.stack(columns, axis=-1))
+
+
+def _reverse_projections(joint, named_value, variables, directions, log_density):
+    """`gradient_projections` by reverse mode twice: the gradient with respect to `u` of `(J^T u) . v`."""
     with tf.GradientTape(persistent=True) as outer:
         with tf.GradientTape() as inner:
             log_joint = log_density(_joint.resolve_joint(joint), named_value)  # [*batch]
@@ -355,13 +393,7 @@ def gradient_projections(joint, named_value, variables, seed, num_projections=2,
         outer.watch(cotangent)
         vjp = inner.gradient(log_joint, variables, output_gradients=cotangent,
                              unconnected_gradients=tf.UnconnectedGradients.ZERO)  # J^T u, one per variable
-        products = []
-        for k in range(num_projections):
-            direction_seeds = tf.random.experimental.stateless_split(
-                tf.random.experimental.stateless_fold_in(seed, k), max(len(vjp), 1))
-            products.append(tf.add_n([tf.reduce_sum(g * tf.random.stateless_normal(tf.shape(g), direction_seeds[i],
-                                                                                    dtype=g.dtype))
-                                      for i, g in enumerate(vjp)]))
+        products = [tf.add_n([tf.reduce_sum(g * v) for g, v in zip(vjp, direction)]) for direction in directions]
     columns = [outer.gradient(product, cotangent, unconnected_gradients=tf.UnconnectedGradients.ZERO)
                for product in products]
     del outer

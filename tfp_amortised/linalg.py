@@ -309,7 +309,7 @@ def _partitions(matrix, block_size):
     if num_rows is None or (block_size is None and _on_gpu(matrix)):
         return [(0, num_rows)], [(0, num_rows)]
     blocks = block_partition(num_rows, block_size)
-    if block_size is None and (num_rows <= _MAX_UNBLOCKED_ROWS or _in_xla_context()):
+    if block_size is None and (num_rows <= _MAX_UNBLOCKED_ROWS or in_xla_context()):
         return [(0, num_rows)], blocks
     return blocks, blocks
 
@@ -328,7 +328,7 @@ def block_partition(num_rows, block_size=None):
     return [(start, min(start + block_size, num_rows)) for start in range(0, num_rows, block_size)]
 
 
-def _in_xla_context():
+def in_xla_context():
     """Whether the ops being built are compiled by XLA (`tf.function(jit_compile=True)`)."""
     return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
