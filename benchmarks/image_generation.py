@@ -50,12 +50,14 @@ def train_classifier(images, labels, test_images, test_labels, epochs):
     return (lambda x: features(tf.convert_to_tensor(x, tf.float32))), accuracy
 
 
-def make_learner(method, seed, num_sleep):
-    """`method`: "vae", or "amortised-<regression setting>"."""
+def make_learner(method, seed, num_sleep, regression=None):
+    """`method`: "vae", or "amortised-<regression setting>" (with `regression`, a `KernelRidge` instead of the
+    setting's)."""
     model = ImageDecoderModel((8, 8), latent_dim=LATENT_DIM, hidden_units=(64, 128), scale=0.3, seed=seed)
     if method.startswith("amortised"):
-        learner = AmortisedLearner(model, num_sleep=num_sleep, form="conditional",
-                                   regression=_regressions.regression(method.split("-")[1], (8, 8), seed), seed=seed)
+        if regression is None:
+            regression = _regressions.regression(method.split("-")[1], (8, 8), seed)
+        learner = AmortisedLearner(model, num_sleep=num_sleep, form="conditional", regression=regression, seed=seed)
     else:
         encoder = MeanFieldEncoder({"z": ("normal", LATENT_DIM)}, hidden_units=(128, 64), seed=seed)
         learner = VariationalLearner(model, encoder, seed=seed)
