@@ -173,8 +173,9 @@ def amortised_step(joint, wake_x, *, num_sleep, seed, observed="x", regression=N
     Cost: `N` (joint form) or `M N` (conditional form) log-density terms, an `N x N` Gram matrix and one
     Cholesky factorisation, O(N^3 / 3), for the exact solver (the default up to N = 1000). Measuring the
     held-out error with `variables` costs one more log-density pass over the `N + H` sleep samples (`H x N`
-    pairs in the conditional form) with a double backward pass (`gradient_projections`); `AmortisedLearner`
-    pays it in training only when the regression learns from it, and in evaluation.
+    pairs in the conditional form) with a double backward pass, or `K` forward passes for an AutoBatched joint
+    (`gradient_projections`); `AmortisedLearner` pays it in training only when the regression learns from it,
+    and in evaluation.
 
     Args:
       joint: a `tfd.JointDistribution` (Coroutine, Sequential or Named; batched or AutoBatched) with scalar

@@ -294,8 +294,8 @@ def selection_targets(joint, sample, *, targets="gradient", variables=None, seed
         `targets="log_joint"`).
       sample: dict `{node name: Tensor[N, *event_shape]}` of sleep samples, detached.
       targets: `"gradient"`: `gradient_projections` of `log p(z_n, x_n)` on `num_projections` random directions
-        over `variables` (one double backward pass); `"log_joint"`: `log p(z_n, x_n)` minus its mean (the level
-        does not enter the gradient).
+        over `variables` (one double backward pass, or forward passes for an AutoBatched joint); `"log_joint"`:
+        `log p(z_n, x_n)` minus its mean (the level does not enter the gradient).
       variables: the model's trainable variables (`targets="gradient"`).
       seed: stateless seed of the projections (`targets="gradient"`).
       num_projections: number of directions.
