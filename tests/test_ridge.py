@@ -84,6 +84,29 @@ def test_median_bandwidth_matches_numpy(num_points):
     np.testing.assert_allclose(unknown_rows(x), np.sqrt(np.median(square_distances)), rtol=1e-4)
 
 
+@pytest.mark.parametrize("num_points", [5, 6, 41, 700])
+def test_median_bandwidth_is_the_exact_median_with_ties(num_points):
+    """Binary rows: integer squared distances with many ties, an odd (5, 41 rows) or even number of pairs; the
+    selection gives numpy's median exactly in every dtype and mode, and the gradient of the sort-based median."""
+    x = (np.random.default_rng(3).random([num_points, 6]) < 0.3).astype(np.float64)
+    half = min(512, num_points) // 2
+    expected = np.sqrt(np.median(((x[:half, None] - x[None, half:2 * half])**2).sum(-1)))
+    for dtype in (np.float16, np.float32, np.float64):
+        for mode in (median_bandwidth, tf.function(median_bandwidth),
+                     tf.function(median_bandwidth, jit_compile=True)):
+            tolerance = 1e-3 if dtype == np.float16 else 1e-6
+            assert float(mode(tf.constant(x, dtype))) == pytest.approx(expected, rel=tolerance)
+    x = tf.constant(np.random.default_rng(4).normal(size=[num_points, 3]))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        first, second = x[:half], x[half:2 * half]
+        sorted_median = tf.sqrt(tfp.stats.percentile(
+            tf.reduce_sum((first[:, None] - second[None])**2, -1), 50., interpolation="midpoint"))
+        selected = median_bandwidth(x)
+    np.testing.assert_allclose(selected, sorted_median, rtol=1e-12)
+    np.testing.assert_allclose(tape.gradient(selected, x), tape.gradient(sorted_median, x), rtol=1e-9, atol=1e-12)
+
+
 def test_median_bandwidth_tracks_scale():
     # For standard normal rows in D dimensions, ||x - y||^2 / 2 ~ chi^2_D: median distance sqrt(2 median chi^2_D).
     x = tf.random.stateless_normal([4000, 10], seed=[1, 2])

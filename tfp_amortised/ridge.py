@@ -201,12 +201,51 @@ def median_bandwidth(x, bandwidth_subsample=DEFAULTS["bandwidth_subsample"]):
     first, second = x[:half], x[half:2 * half]
     square_distance = tf.maximum(tf.reduce_sum(first**2, -1)[:, None] + tf.reduce_sum(second**2, -1)[None, :]
                                  - 2. * tf.matmul(first, second, transpose_b=True), 0.)
-    median = tfp.stats.percentile(square_distance, 50., interpolation="midpoint")
+    median = _median(tf.reshape(square_distance, [-1]))
     mean = tf.reduce_mean(square_distance)
     # Below float resolution of the squared norms, "zero" is rounding noise of the expansion above.
     resolution = 1e-6 * tf.reduce_mean(tf.reduce_sum(x**2, -1)) + np.finfo(np.float32).tiny
     fallback = tf.where(mean > resolution, mean, tf.ones_like(mean))
     return tf.sqrt(tf.where(median > resolution, median, fallback))
+
+
+def _median(values):
+    """The median of `values: Tensor[n] >= 0`: `tfp.stats.percentile(values, 50., interpolation="midpoint")`.
+
+    The same value and gradient (that of the one or two middle elements), found without a sort: the middle
+    elements' positions come from `_middle_positions`, an exact selection that XLA compiles to a few passes over
+    `values` (0.2-1 ms for the 65 536 distances of the default subsample on a 2-core CPU, where the sort in
+    `tfp.stats.percentile` takes 5 ms and, under XLA, 12 ms).
+    """
+    lower, upper = _middle_positions(tf.abs(values))  # abs: -0. and +0. have different bit patterns
+    return 0.5 * (tf.gather(values, lower) + tf.gather(values, upper))
+
+
+@tf.function(jit_compile=True, autograph=False, reduce_retracing=True)
+def _middle_positions(values):
+    """Positions of the `ceil(n / 2)`-th and `(floor(n / 2) + 1)`-th smallest of `values: Tensor[n] >= 0`.
+
+    Non-negative floats are ordered as their bit patterns read as integers, so the `k`-th smallest is the
+    smallest integer `v` with `#{bits <= v} >= k`, found by bisection in one pass per bit; the next one is the
+    smallest element above it, unless it occurs more than once.
+    """
+    bits = tf.bitcast(values, {16: tf.int16, 32: tf.int32, 64: tf.int64}[values.dtype.size * 8])
+    num_values = tf.size(values)
+    rank = (num_values + 1) // 2
+
+    def count_up_to(value):
+        return tf.reduce_sum(tf.cast(bits <= value, tf.int32))
+
+    def halve(low, high):
+        middle = low + (high - low) // 2
+        enough = count_up_to(middle) >= rank
+        return tf.where(enough, low, middle + 1), tf.where(enough, middle, high)
+
+    _, lower = tf.while_loop(lambda low, high: low < high, halve, (tf.zeros([], bits.dtype), tf.reduce_max(bits)),
+                             maximum_iterations=values.dtype.size * 8)
+    is_repeated = count_up_to(lower) > num_values // 2
+    upper = tf.where(is_repeated, lower, tf.reduce_min(tf.where(bits > lower, bits, bits.dtype.max)))
+    return tf.argmax(tf.cast(bits == lower, tf.int8)), tf.argmax(tf.cast(bits == upper, tf.int8))
 
 
 def kernel_ridge_weights(sleep_x, query_x, kernel=DEFAULTS["kernel"], bandwidth=DEFAULTS["bandwidth"],
