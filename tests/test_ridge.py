@@ -9,6 +9,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_amortised import KernelRidge, median_bandwidth, ridge_weights
+from tfp_amortised import ridge as ridge_module
 from tfp_amortised.learner import AmortisedLearner
 from tfp_amortised.models import FactorAnalysisModel
 from tfp_amortised.ridge import KERNELS, kernel_ridge_weights, standardise
@@ -105,6 +106,17 @@ def test_median_bandwidth_is_the_exact_median_with_ties(num_points):
         selected = median_bandwidth(x)
     np.testing.assert_allclose(selected, sorted_median, rtol=1e-12)
     np.testing.assert_allclose(tape.gradient(selected, x), tape.gradient(sorted_median, x), rtol=1e-9, atol=1e-12)
+
+
+def test_median_bandwidth_without_xla_is_the_sort(monkeypatch):
+    """On macOS with a (Metal) GPU, where XLA cannot compile, the median comes from the sort: the same value."""
+    x = tf.random.stateless_normal([300, 3], seed=[5, 6])
+    selected = float(median_bandwidth(x))
+    assert ridge_module._can_compile()  # pylint: disable=protected-access
+    monkeypatch.setattr(ridge_module.platform, "system", lambda: "Darwin")
+    monkeypatch.setattr(ridge_module.tf.config, "list_physical_devices", lambda kind=None: ["GPU:0"])
+    assert not ridge_module._can_compile()  # pylint: disable=protected-access
+    assert float(tf.function(median_bandwidth)(x)) == selected
 
 
 def test_median_bandwidth_tracks_scale():
