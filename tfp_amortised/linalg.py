@@ -59,9 +59,9 @@ def cholesky(matrix, block_size=None):
 
     again matrix products apart from `b x b` blocks and triangular solves with `b` columns.
 
-    Default rule, on CPU: `N <= 768`, one call to `tf.linalg.cholesky`; larger `N`, blocks of `b = 256`.
-    The gradient is in blocks of 256 at every `N` (forward and backward with one block / blocks of 256 /
-    `tf.linalg.cholesky`'s, one run: N = 600, 0.019 / 0.013 / 0.022 s; N = 768, 0.041 / 0.017 / 0.031 s).
+    Default rule, on CPU outside XLA: `N <= 768`, one call to `tf.linalg.cholesky`; larger `N`, blocks of
+    `b = 256`. The gradient is in blocks of 256 at every `N` (forward and backward with one block / blocks of
+    256 / `tf.linalg.cholesky`'s, one run: N = 600, 0.019 / 0.013 / 0.022 s; N = 768, 0.041 / 0.017 / 0.031 s).
     Median seconds, float32 Gaussian Gram matrices, 2-core Xeon shared with other jobs (noisy: a few
     interleaved repeats; `benchmarks/cholesky_speed.py` measures it again):
 
