@@ -7,7 +7,7 @@ wake batch of `M = 100` points, one Adam step each. The PyTorch step is written 
 et al., 2020, eq. 7-8), as a PyTorch user would write it: sleep draws by `torch.distributions`, the Gram matrix by
 `torch.cdist`, LAPACK's Cholesky (`torch.linalg.cholesky`) and `torch.cholesky_solve`, the weighted log-joint
 differentiated by autograd. It is not the authors' code (kevin-w-li/al-ws), which builds its Gram matrix from an
-`N x N x D` tensor; it is the faster baseline for this model. Repeats are interleaved; medians.
+`N x N x D` tensor (issue 13). Repeats are interleaved; medians.
 
     pip install "torch==2.13.0+cpu"     # the CPU build (PyTorch is not a dependency of the package)
     python -m benchmarks.torch_step
