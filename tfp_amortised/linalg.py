@@ -17,8 +17,6 @@ from tensorflow.python.ops import control_flow_util
 # were the fastest: measurements in `cholesky`'s docstring. On GPU tf.linalg.cholesky is cuSOLVER's.
 _MAX_UNBLOCKED_ROWS = 768
 _BLOCK_SIZE = 256
-# XLA's own Cholesky on CPU is fast up to 64 rows and several times slower than the blocked one above (`cholesky`).
-_XLA_BLOCK_SIZE = 32
 
 
 def cholesky(matrix, block_size=None):
@@ -30,8 +28,8 @@ def cholesky(matrix, block_size=None):
 
     Works eagerly, in `tf.function` and under XLA: the loop over blocks is a Python loop, unrolled for the
     static `N`. When `N` is not known statically, or on GPU, this is one call to `tf.linalg.cholesky`. Under
-    XLA (`jit_compile=True`) on CPU the diagonal blocks are factored again in blocks of 32 rows, at every `N`:
-    XLA's own Cholesky is fast up to 64 rows and slow above.
+    XLA (`jit_compile=True`) the default factorisation is XLA's own (blocked) Cholesky, and the gradient is
+    the blocked one below.
 
     #### Mathematical details
 
@@ -59,9 +57,9 @@ def cholesky(matrix, block_size=None):
 
     again matrix products apart from `b x b` blocks and triangular solves with `b` columns.
 
-    Default rule, on CPU outside XLA: `N <= 768`, one call to `tf.linalg.cholesky`; larger `N`, blocks of
-    `b = 256`. The gradient is in blocks of 256 at every `N` (forward and backward with one block / blocks of
-    256 / `tf.linalg.cholesky`'s, one run: N = 600, 0.019 / 0.013 / 0.022 s; N = 768, 0.041 / 0.017 / 0.031 s).
+    Default rule, on CPU: `N <= 768`, one call to `tf.linalg.cholesky`; larger `N`, blocks of `b = 256`.
+    The gradient is in blocks of 256 at every `N` (forward and backward with one block / blocks of 256 /
+    `tf.linalg.cholesky`'s, one run: N = 600, 0.019 / 0.013 / 0.022 s; N = 768, 0.041 / 0.017 / 0.031 s).
     Median seconds, float32 Gaussian Gram matrices, 2-core Xeon shared with other jobs (noisy: a few
     interleaved repeats; `benchmarks/cholesky_speed.py` measures it again):
 
@@ -77,20 +75,14 @@ def cholesky(matrix, block_size=None):
     instead of its lower block columns was slower at every block size (one run: 4000, 0.35 s at best against
     0.25 s; 8000, 5.1 s against 1.9 s). Forward and backward at N = 4000 (b = 256, one run): 1.5 s, against
     6.9 s for `tf.linalg.cholesky` and 2.5 s for automatic differentiation through the blocks (whose gradient
-    is moreover the lower-triangle one, not `tf.linalg.cholesky`'s symmetric one).
-
-    Under XLA on CPU, one run on a quiet machine, milliseconds: XLA's own Cholesky; blocks of 256 factored by
-    XLA's; blocks of 256 whose diagonal blocks are factored in 32s (the rule); the rule without XLA; the rule's
-    compile time.
-
-        N      XLA's   b=256   b=256 / 32   no XLA   compile (s)
-        500                    4.1          2.9      3.8
-        1000   54      50      15           11       6.5
-        2000   124     125     53           32       13
-        4000   370     470     341          174      28
-
-    XLA's Cholesky of one block: 0.23 ms at 32 rows, 0.66 at 64, 5.6 at 128, 12 at 256 (TensorFlow's: 0.8
-    at 256). Blocks of 32 without the outer 256 compiled longer and ran slower above N = 1000.
+    is moreover the lower-triangle one, not `tf.linalg.cholesky`'s symmetric one). Under XLA on CPU (one
+    run): the forward 0.85 s for XLA's Cholesky, 1.5 s blocked; forward and backward 2.0 s with XLA's forward
+    and the blocked backward, 2.6 s blocked throughout, 8.4 s for `tf.linalg.cholesky`'s. XLA's Cholesky is
+    slow on small blocks (0.23 ms at 32 rows, 12 ms at 256, where TensorFlow's takes 0.8 ms), so blocks of 256
+    whose diagonal blocks were factored again in 32s ran 3.6x faster than it at N = 1000 (15 against 54 ms)
+    and 1.1x at 4000. It was not kept: XLA compiles the unrolled blocks for 7 s at N = 1000 and 28 s at 4000
+    per factorisation, and a learner's step holds several (retry, float64 escalation, gradient), so a
+    `jit_compile=True` fit of the default learner at N = 2000 compiled for 70 s longer.
 
     #### References
 
@@ -312,8 +304,8 @@ def _partitions(matrix, block_size):
     """The `(start, stop)` rows of each block, for the factorisation and for its gradient.
 
     One block (one `tf.linalg.cholesky`) when `N` is unknown, or by default on GPU; by default on CPU, the
-    gradient in blocks of `_BLOCK_SIZE`, and the factorisation too unless `N <= _MAX_UNBLOCKED_ROWS` (outside XLA,
-    where the diagonal blocks are blocked again: `_diagonal_factor`).
+    gradient in blocks of `_BLOCK_SIZE`, and the factorisation too unless `N <= _MAX_UNBLOCKED_ROWS` or
+    under XLA (whose own Cholesky is blocked, and was faster there).
     """
     if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral)
                                    or block_size < 1):
@@ -322,7 +314,7 @@ def _partitions(matrix, block_size):
     if num_rows is None or (block_size is None and _on_gpu(matrix)):
         return [(0, num_rows)], [(0, num_rows)]
     blocks = block_partition(num_rows, block_size)
-    if block_size is None and num_rows <= _MAX_UNBLOCKED_ROWS and not in_xla_context():
+    if block_size is None and (num_rows <= _MAX_UNBLOCKED_ROWS or in_xla_context()):
         return [(0, num_rows)], blocks
     return blocks, blocks
 
@@ -370,24 +362,17 @@ def _factor(matrix, blocks):
     columns = []
     for j, (start, stop) in enumerate(blocks[:-1]):
         width = stop - start
-        diagonal = _diagonal_factor(trailing[j][..., :width, :])
+        diagonal = tf.linalg.cholesky(trailing[j][..., :width, :])
         below = tf.linalg.matrix_transpose(
             tf.linalg.triangular_solve(diagonal, tf.linalg.matrix_transpose(trailing[j][..., width:, :])))
         columns.append(_pad_top(tf.concat([diagonal, below], axis=-2), start))
         for k in range(j + 1, len(blocks)):
             rows = below[..., blocks[k][0] - stop:, :]
             trailing[k] -= tf.matmul(rows, rows[..., :blocks[k][1] - blocks[k][0], :], transpose_b=True)
-    columns.append(_pad_top(_diagonal_factor(trailing[-1]), blocks[-1][0]))
+    columns.append(_pad_top(tf.linalg.cholesky(trailing[-1]), blocks[-1][0]))
     chol = tf.concat(columns, axis=-1)
     # A failed block makes every later one NaN, the last diagonal entry included.
     return tf.where(tf.math.is_finite(chol[..., -1:, -1:]), chol, tf.constant(float("nan"), chol.dtype))
-
-
-def _diagonal_factor(block):
-    """`tf.linalg.cholesky` of one diagonal block; under XLA on CPU, `_factor` again in blocks of 32 rows."""
-    if (block.shape[-1] or 0) > _XLA_BLOCK_SIZE and in_xla_context() and not _on_gpu(block):
-        return _factor(block, block_partition(block.shape[-1], _XLA_BLOCK_SIZE))
-    return tf.linalg.cholesky(block)
 
 
 def _pad_top(column, rows):
