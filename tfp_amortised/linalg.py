@@ -81,8 +81,8 @@ def cholesky(matrix, block_size=None):
     slow on small blocks (0.23 ms at 32 rows, 12 ms at 256, where TensorFlow's takes 0.8 ms), so blocks of 256
     whose diagonal blocks were factored again in 32s ran 3.6x faster than it at N = 1000 (15 against 54 ms)
     and 1.1x at 4000. It was not kept: XLA compiles the unrolled blocks for 7 s at N = 1000 and 28 s at 4000
-    per factorisation, and a learner's step holds several (retry, float64 escalation, gradient), so a
-    `jit_compile=True` fit of the default learner at N = 2000 compiled for 70 s longer.
+    per factorisation, and a learner's step holds several (retry, float64 escalation, gradient): one
+    `jit_compile=True` step of the default learner at N = 2000 took 96 s instead of 26 s in the test suite.
 
     #### References
 
