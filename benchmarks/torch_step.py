@@ -14,13 +14,12 @@ differentiated by autograd. It is not the authors' code (kevin-w-li/al-ws), whic
     python -m benchmarks.torch_step --quick
 """
 
-import time
-
 import keras
 import numpy as np
 import tensorflow as tf
 
 from benchmarks._report import benchmark_parser, machine_header, markdown_table
+from benchmarks.cholesky_speed import median_times
 from tfp_amortised import KernelRidge, sleep
 from tfp_amortised.learner import AmortisedLearner
 from tfp_amortised.models import GaussianMixtureModel
@@ -75,19 +74,12 @@ def torch_step(num_sleep, wake_x, initial_means):
 
 
 def measure(num_sleep, repeats):
-    """Median seconds of both steps at `N = num_sleep`, repeats interleaved after a warm-up call of each."""
+    """Median seconds of both steps at `N = num_sleep`, repeats interleaved after a warm-up call of each (each call
+    waits for its result)."""
     package, wake_x, initial_means = package_step(num_sleep)
-    steps = {"package": package, "torch": torch_step(num_sleep, wake_x, initial_means)}
-    for step in steps.values():
-        step()
-    times = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            result = step()
-            _ = {key: float(value) for key, value in result.items()} if isinstance(result, dict) else float(result)
-            times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(value)) for name, value in times.items()}
+    step = torch_step(num_sleep, wake_x, initial_means)
+    return median_times({"package": lambda: {key: float(value) for key, value in package().items()},
+                         "torch": lambda: float(step())}, repeats)
 
 
 def main():
