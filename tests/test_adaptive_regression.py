@@ -10,6 +10,7 @@ from tfp_amortised import AmortisedLearner, KernelRidge, amortised_step
 from tfp_amortised.estimator import gradient_projections, held_out_targets, regression_loss, split_half_variance
 from tfp_amortised.evaluation import median_relative_error, per_point_gradients
 from tfp_amortised.models import FactorAnalysisModel, GaussianMixtureModel
+from tfp_amortised.ridge import kernel_ridge_weights, nearest_neighbour_distance
 
 COMPILE = {"eager": lambda fn: fn, "function": tf.function, "xla": lambda fn: tf.function(fn, jit_compile=True)}
 
@@ -349,3 +350,77 @@ def test_train_on_batch_and_eager_calls_start_learning_from_the_median():
     _, diagnostics = layer(sleep_x, x, return_diagnostics=True)
     assert float(layer.initialised) == 1.
     np.testing.assert_allclose(diagnostics.bandwidth, np.exp(float(layer.log_bandwidth)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("num_rows, subsample", [(9, 512), (300, 128), (1000, 512)])
+def test_nearest_neighbour_distance_matches_numpy(num_rows, subsample, dtype):
+    """The first `subsample // 2` rows against all rows but themselves, away from the origin (the expansion of the
+    squared distance must not cancel), with duplicated rows: the square root of numpy's median nearest square
+    distance, eagerly, in `tf.function` and under XLA."""
+    rng = np.random.default_rng(num_rows)
+    x = rng.normal(size=[num_rows, 3]) + 50.
+    x[1] = x[0]  # a duplicate: its nearest distance is 0
+    rows = min(subsample, num_rows) // 2
+    square = ((x[:rows, None] - x[None])**2).sum(-1)
+    square[np.arange(rows), np.arange(rows)] = np.inf
+    expected = np.sqrt(np.median(square.min(-1)))
+    for mode in COMPILE.values():
+        value = mode(lambda x: nearest_neighbour_distance(x, subsample))(tf.constant(x, dtype))
+        assert value.dtype == dtype
+        np.testing.assert_allclose(value, expected, rtol=1e-4 if dtype == np.float32 else 1e-10)
+    duplicated = np.repeat(x[:5], 3, axis=0)
+    assert float(nearest_neighbour_distance(tf.constant(duplicated, dtype))) == 0.
+
+
+@pytest.mark.parametrize("ard", [False, True])
+def test_a_learned_bandwidth_is_floored_at_the_nearest_neighbour_distance(ard):
+    """Set below the sleep set's nearest-neighbour distance `d`, a learned bandwidth gives the weights of the fixed
+    bandwidth `d` (ARD: length scales scaled up together until `d(x / l) = 1`) and the gradient of the bandwidth
+    used where descent would raise it, 0 where it would lower it; above the floor it is the bandwidth as learned,
+    with its gradient, of either sign."""
+    rng = np.random.default_rng(0)
+    sleep_x, query_x = rng.normal(size=[400, 2]), rng.normal(size=[7, 2])
+    floor = float(nearest_neighbour_distance(tf.constant(sleep_x)))
+    ratios = np.array([1., 3.]) if ard else np.ones([1])
+    for scale, floored in ((0.3 * floor, True), (5. * floor, False)):
+        regression = KernelRidge(learn=True, ard=ard, bandwidth=1., dtype="float64")
+        if ard:
+            regression.build(sleep_x.shape)
+        regression.log_bandwidth.assign(tf.reshape(np.log(scale * ratios), regression.log_bandwidth.shape))
+        used_scale = float(nearest_neighbour_distance(tf.constant(sleep_x / ratios))) if floored else scale
+        used = tf.Variable(np.log(used_scale * ratios) if ard else np.log(used_scale))
+        signs = set()
+        for sign in (1., -1.):
+            upstream = sign * rng.normal(size=[7, 400])
+            with tf.GradientTape() as tape:
+                weights, diagnostics = regression(sleep_x, query_x, return_diagnostics=True)
+                total = tf.reduce_sum(weights * upstream)
+            gradient = tape.gradient(total, regression.log_bandwidth).numpy()
+            with tf.GradientTape() as tape:  # the same kernel on x / l with unit length scale
+                fixed = kernel_ridge_weights(sleep_x / tf.exp(used), query_x / tf.exp(used), bandwidth=1.)[0]
+                fixed_total = tf.reduce_sum(fixed * upstream)
+            expected = tape.gradient(fixed_total, used).numpy()
+            signs.update(np.sign(expected).ravel())
+            np.testing.assert_allclose(diagnostics.bandwidth, np.exp(used.numpy()), rtol=1e-10)
+            np.testing.assert_allclose(weights, fixed, rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(gradient, np.minimum(expected, 0.) if floored else expected, rtol=1e-6)
+        assert signs == {-1., 1.}  # both cases met
+
+
+def test_the_floor_keeps_the_gradient_finite_on_duplicated_observations():
+    """Binary observations, most of them repeated: the nearest-neighbour distance is 0, the floor does not bind,
+    and the held-out error has the finite gradient of the unfloored bandwidth."""
+    x = (np.random.default_rng(0).random([300, 4]) < 0.3).astype(np.float32)
+    assert float(nearest_neighbour_distance(tf.constant(x))) == 0.
+    regression = KernelRidge(learn=True, bandwidth=0.8)
+    with tf.GradientTape() as tape:
+        loss = regression_loss(x[:250, :1], x[250:, :1], regression(x[:250], x[250:]))
+    gradient = tape.gradient(loss, [regression.log_bandwidth, regression.log_ridge])
+    with tf.GradientTape() as tape:
+        bandwidth = tf.Variable(0.8)
+        weights = kernel_ridge_weights(x[:250], x[250:], bandwidth=bandwidth)[0]
+        unfloored = regression_loss(x[:250, :1], x[250:, :1], weights)
+    np.testing.assert_allclose(loss, unfloored, rtol=1e-6)
+    assert np.all(np.isfinite(gradient))
+    np.testing.assert_allclose(gradient[0], 0.8 * tape.gradient(unfloored, bandwidth), rtol=1e-4)

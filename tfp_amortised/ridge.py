@@ -25,7 +25,8 @@ Every setting has one name and one default, shared by the function and the layer
     solver               "auto"       exact up to 1000 sleep samples, Nystrom (512 inducing points) above;
                                       "cholesky" for always exact
     intercept            False        regress targets centred on their sleep mean
-    learn                False        train the log bandwidth and log ridge online on held-out regression error
+    learn                False        train the log bandwidth and log ridge online on held-out regression error,
+                                      the bandwidth floored at the sleep set's nearest-neighbour distance
     variance_weight      0.1          with learn: the objective is noise + bias^2 + variance_weight * variance
 """
 
@@ -200,14 +201,46 @@ def median_bandwidth(x, bandwidth_subsample=DEFAULTS["bandwidth_subsample"]):
     else:  # the number of rows is known only when the graph runs
         half = tf.minimum(bandwidth_subsample, tf.shape(x)[0]) // 2
     first, second = x[:half], x[half:2 * half]
-    square_distance = tf.maximum(tf.reduce_sum(first**2, -1)[:, None] + tf.reduce_sum(second**2, -1)[None, :]
-                                 - 2. * tf.matmul(first, second, transpose_b=True), 0.)
+    square_distance = tf.maximum(_square_distances(first, second), 0.)
     median = _median(tf.reshape(square_distance, [-1]))
     mean = tf.reduce_mean(square_distance)
     # Below float resolution of the squared norms, "zero" is rounding noise of the expansion above.
     resolution = 1e-6 * tf.reduce_mean(tf.reduce_sum(x**2, -1)) + np.finfo(np.float32).tiny
     fallback = tf.where(mean > resolution, mean, tf.ones_like(mean))
     return tf.sqrt(tf.where(median > resolution, median, fallback))
+
+
+def nearest_neighbour_distance(x, bandwidth_subsample=DEFAULTS["bandwidth_subsample"]):
+    """Median distance from a row of `x` to its nearest other row: the floor of a learned bandwidth.
+
+    The first `bandwidth_subsample // 2` rows (a random subsample of i.i.d. sleep draws, as in `median_bandwidth`)
+    against all `N` rows, each without itself. A Gaussian kernel narrower than this puts almost no weight on any
+    sleep sample at a typical query: on the 8 x 8 digits a learned bandwidth fell to about half of it and the
+    decoder trained worse (`KernelRidge`, `learn`). Cost O(bandwidth_subsample N D).
+
+    Args:
+      x: `Tensor[N, D]` of i.i.d. rows, `N >= 2`.
+      bandwidth_subsample: twice the number of rows whose nearest neighbour is measured.
+
+    Returns:
+      Scalar `Tensor`, `>= 0` (0 when most rows have a duplicate).
+    """
+    x = x - tf.reduce_mean(x, 0)  # distances do not change; the expansion below loses less precision
+    num_rows = tf.shape(x)[0]
+    rows = x[:tf.maximum(tf.minimum(bandwidth_subsample, num_rows) // 2, 1)]
+    square_distance = tf.linalg.set_diag(_square_distances(rows, x),
+                                         tf.fill([tf.shape(rows)[0]], x.dtype.max))  # [S, N], not itself
+    nearest = tf.reduce_min(square_distance, axis=-1)
+    # Below float resolution of the squared norms, as in `median_bandwidth`, "nonzero" is rounding noise; exact
+    # zeros also keep the gradient of the square root finite (the `tf.where` drops it at 0).
+    nearest = tf.where(nearest > 1e-6 * tf.reduce_mean(tf.reduce_sum(x**2, -1)), nearest, tf.zeros_like(nearest))
+    return tf.sqrt(_median(nearest))
+
+
+def _square_distances(a, b):
+    """`Tensor[A, B]` of squared Euclidean distances between the rows of `a: [A, D]` and `b: [B, D]`, by the
+    expansion `|a|^2 + |b|^2 - 2 a.b` (a matrix product; may round to slightly below 0)."""
+    return tf.reduce_sum(a**2, -1)[:, None] + tf.reduce_sum(b**2, -1)[None, :] - 2. * tf.matmul(a, b, transpose_b=True)
 
 
 def _median(values):
@@ -425,7 +458,10 @@ class KernelRidge(keras.layers.Layer):
         heuristic (`initialise`, on the learner's first sleep set) or the fixed `bandwidth`, and from `ridge`, and
         `AmortisedLearner` trains them each step, with its own `regression_optimizer`, on the held-out error of
         the regression (`amortised_step`'s `regression_loss`), as the authors' code does, with the variance part
-        of that error weighted by `variance_weight`.
+        of that error weighted by `variance_weight`. The bandwidth used is never below the sleep set's
+        `nearest_neighbour_distance` (for ARD, the length scales are scaled up together): on the 8 x 8 digits
+        the held-out error drove it to half that distance, where the kernel barely reaches any sleep sample,
+        and the decoder trained worse (`benchmarks/RESULTS.md`, issue 11).
       ard: with `learn=True`, one length scale per input dimension of the kernel (automatic relevance
         determination): the kernel compares `x / l` and `y / l` with unit length scale, so every solver supports
         it. The length scales are created at the first call (or `initialise`), when the input size is known.
@@ -598,6 +634,8 @@ class KernelRidge(keras.layers.Layer):
             self.initialise(sleep_x)  # once; in a tf.function, `initialise` must have run before (the learner's does)
         sleep_x, query_x = self.kernel_inputs(sleep_x, query_x)
         bandwidth = self._bandwidth(sleep_x)
+        if self.learn:
+            bandwidth = self._floored(bandwidth, sleep_x)
         if self.ard:  # k(x / l, y / l) with unit length scale: per-dimension length scales for every solver
             sleep_x, query_x = sleep_x / bandwidth, query_x / bandwidth
         weights, diagnostics = kernel_ridge_weights(
@@ -624,6 +662,18 @@ class KernelRidge(keras.layers.Layer):
         # costs little beside the regression).
         median = median_bandwidth(sleep_inputs - tf.reduce_mean(sleep_inputs, 0), self.bandwidth_subsample)
         return tf.where(self.initialised > 0., learned, tf.broadcast_to(median, tf.shape(learned)))
+
+    def _floored(self, bandwidth, sleep_inputs):
+        """A learned bandwidth `l` (`[]`, or `[F]` with ard) raised to the sleep set's `nearest_neighbour_distance`
+        in the kernel's units: `l max(1, d(x / l))`, ARD length scales keeping their ratios.
+
+        Gradient: that of the bandwidth used, passed to `l` (`_raised`) except where the floor binds and descent would
+        lower `l` further. So `l` does not drift away below the floor (Adam moves a variable at its learning rate
+        whatever the gradient's size), and leaves it as soon as the objective asks for a wider kernel.
+        """
+        typical = tf.exp(tf.reduce_mean(tf.math.log(bandwidth)))  # d(x / l) = d(x / ratios) / typical, no overflow
+        nearest = nearest_neighbour_distance(sleep_inputs / (bandwidth / typical), self.bandwidth_subsample)
+        return _raised(bandwidth, tf.stop_gradient(tf.maximum(nearest / typical, tf.ones([], nearest.dtype))))
 
     def _solver_options(self):
         options = {"num_features": self.num_features, "seed": tf.constant([self.seed, 0], tf.int32),
@@ -670,6 +720,17 @@ class KernelRidge(keras.layers.Layer):
         if isinstance(config.get("features"), dict):
             config["features"] = keras.saving.deserialize_keras_object(config["features"])
         return cls(**config)
+
+
+@tf.custom_gradient
+def _raised(bandwidth, scale):
+    """`bandwidth * scale` for a constant `scale >= 1`; the gradient `scale * upstream` to `bandwidth`, but 0 where
+    `scale > 1` and descent would lower it (`KernelRidge._floored`)."""
+    def gradient(upstream):
+        straight = upstream * scale
+        return tf.where((scale > 1.) & (straight > 0.), tf.zeros_like(straight), straight), None
+
+    return bandwidth * scale, gradient
 
 
 def _real_batches(sleep_x, query_x, dtype):
