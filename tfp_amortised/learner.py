@@ -322,11 +322,12 @@ class _RegressionQualityCheck(keras.callbacks.Callback):
 
     def __init__(self):
         super().__init__()
-        self.last = None
+        self.last, self.bandwidth = None, None
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         self.last = logs.get("val_ridge_r2", logs.get("ridge_r2", self.last))
+        self.bandwidth = logs.get("bandwidth", self.bandwidth)  # the one used (a learned one may sit on its floor)
 
     def on_train_end(self, logs=None):
         learner = self.model
@@ -336,7 +337,10 @@ class _RegressionQualityCheck(keras.callbacks.Callback):
         if float(np.mean(self.last)) >= RIDGE_R2_WARNING:
             return
         regression = learner.regression
-        bandwidth = "the median heuristic" if regression.bandwidth is None else f"{regression.bandwidth.numpy()}"
+        if self.bandwidth is not None:
+            bandwidth = f"{float(np.mean(self.bandwidth)):.3g} (the last epoch's mean)"
+        else:
+            bandwidth = "the median heuristic" if regression.bandwidth is None else f"{regression.bandwidth.numpy()}"
         remedies = "the fixed median-heuristic regression (KernelRidge()), " if regression.learn else (
             "KernelRidge(learn=True), ")
         warnings.warn(
