@@ -186,7 +186,9 @@ class AmortisedLearner(Learner):
         if not self.regression.learn:
             return
         with self.distribute_strategy.scope():
-            self.regression.initialise(_observations.select(self.sample(self.num_sleep, seed=[0, 1]), self.observed))
+            if not self.regression.is_initialised:  # the sleep set is drawn once, not at every train_on_batch
+                self.regression.initialise(_observations.select(self.sample(self.num_sleep, seed=[0, 1]),
+                                                                self.observed))
             self.build_optimizers()
 
     def sample(self, num_samples, seed=None):

@@ -578,6 +578,11 @@ class KernelRidge(keras.layers.Layer):
         """Scalar `Tensor`: the regulariser `lam`."""
         return tf.exp(self.log_ridge)
 
+    @property
+    def is_initialised(self):
+        """Whether a learning layer's bandwidth holds its starting value (always True for a fixed layer)."""
+        return not self.learn or float(self.initialised.numpy()) > 0.
+
     def initialise(self, sleep_x):
         """Starts learning from the median heuristic: sets the learned bandwidth (every length scale with
         `ard=True`) to `median_bandwidth` of the kernel inputs of `sleep_x: [N, *event_shape]` (or a dict of them),
@@ -586,7 +591,7 @@ class KernelRidge(keras.layers.Layer):
         The learner calls it, eagerly, before its first step; a layer that has already been initialised (or that
         started from a fixed bandwidth, or does not learn) is left as it is.
         """
-        if not self.learn or float(self.initialised.numpy()) > 0.:
+        if self.is_initialised:
             return
         if not self.built:
             self.build(_map_nodes(lambda node: tf.convert_to_tensor(node).shape, sleep_x))
