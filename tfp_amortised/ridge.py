@@ -678,7 +678,7 @@ class KernelRidge(keras.layers.Layer):
         """
         typical = tf.exp(tf.reduce_mean(tf.math.log(bandwidth)))  # d(x / l) = d(x / ratios) / typical, no overflow
         nearest = nearest_neighbour_distance(sleep_inputs / (bandwidth / typical), self.bandwidth_subsample)
-        return _raised(bandwidth, tf.stop_gradient(tf.maximum(nearest / typical, tf.ones([], nearest.dtype))))
+        return _raised(bandwidth, tf.maximum(nearest / typical, tf.ones([], nearest.dtype)))
 
     def _solver_options(self):
         options = {"num_features": self.num_features, "seed": tf.constant([self.seed, 0], tf.int32),
