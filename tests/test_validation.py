@@ -312,8 +312,10 @@ def test_a_regression_that_explains_nothing_is_named_after_fit(regression, valid
                                seed=3)
     learner.compile(optimizer=keras.optimizers.Adam(0.01))
     x = model.joint_distribution().sample(32, seed=[1, 2])[1].numpy()
-    with pytest.warns(RegressionWarning, match="ridge_r2=.*Bandwidth: .*ridge: "):
+    with pytest.warns(RegressionWarning, match="ridge_r2=.*Bandwidth: .*ridge: ") as record:
         history = learner.fit(x, batch_size=32, epochs=1, verbose=0, validation_data=x if validation else None)
+    if regression.bandwidth is not None:  # the bandwidth used is named (the median heuristic's is a value too)
+        assert any(f"Bandwidth: {float(regression.bandwidth):.3g} (as used)" in str(w.message) for w in record)
     assert "ridge_r2" not in history.history
     if validation:
         assert history.history["val_ridge_r2"][0] < 0.05

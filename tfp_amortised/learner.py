@@ -320,7 +320,8 @@ class _RegressionQualityCheck(keras.callbacks.Callback):
     """Warns (`RegressionWarning`) at the end of `fit` when the last epoch's held-out R^2 of the regression is
     below `RIDGE_R2_WARNING`, naming the hyperparameters and what to try. The R^2 is the epoch's mean
     `val_ridge_r2`, else its `ridge_r2` (logged in training by a learning regression), else one evaluation step's
-    on a fresh sleep set of the evaluation stream (the wake points do not enter it)."""
+    on a fresh sleep set of the evaluation stream (the wake points do not enter it); the bandwidth named is the one
+    used there (a learned one may sit on its floor), not the layer's variable."""
 
     def __init__(self):
         super().__init__()
@@ -329,26 +330,23 @@ class _RegressionQualityCheck(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         self.last = logs.get("val_ridge_r2", logs.get("ridge_r2", self.last))
-        self.bandwidth = logs.get("bandwidth", self.bandwidth)  # the one used (a learned one may sit on its floor)
+        self.bandwidth = logs.get("bandwidth", self.bandwidth)
 
     def on_train_end(self, logs=None):
         learner = self.model
         if self.last is None:
             probe = _observations.select(learner.sample(1), learner.observed)
-            self.last = learner.objective(probe, learner.next_seed(None), training=False)[1]["ridge_r2"]
+            logs = learner.objective(probe, learner.next_seed(None), training=False)[1]
+            self.last, self.bandwidth = logs["ridge_r2"], logs["bandwidth"]
         if float(np.mean(self.last)) >= RIDGE_R2_WARNING:
             return
         regression = learner.regression
-        if self.bandwidth is not None:
-            bandwidth = f"{float(np.mean(self.bandwidth)):.3g} (the last epoch's mean)"
-        else:
-            bandwidth = "the median heuristic" if regression.bandwidth is None else f"{regression.bandwidth.numpy()}"
         remedies = "the fixed median-heuristic regression (KernelRidge()), " if regression.learn else (
             "KernelRidge(learn=True), ")
         warnings.warn(
             f"The regression explained almost nothing of the gradient at held-out sleep samples in the last epoch "
             f"(ridge_r2={float(np.mean(self.last)):.3g} < {RIDGE_R2_WARNING}): the gradient estimate is mostly bias. "
-            f"Bandwidth: {bandwidth}; ridge: {float(regression.ridge):.3g}; num_sleep: {learner.num_sleep}. Try "
+            f"Bandwidth: {float(np.mean(self.bandwidth)):.3g} (as used); ridge: {float(regression.ridge):.3g}; num_sleep: {learner.num_sleep}. Try "
             f"{remedies}a kernel on features of the observations (KernelRidge(features=...)) or more sleep samples.",
             RegressionWarning, stacklevel=2)
 
