@@ -152,13 +152,16 @@ def training_table(train, test, variants, seeds, epochs=50, every=10):
             for _ in range(0, epochs, every):
                 history = learner.fit(train, batch_size=100, epochs=every, verbose=0).history
                 distances.append(scores(model, test, features, 0)[0]["PCA, means"])
-            rows.append([name, seed, *distances, float(np.mean(history["bandwidth"][-1])),
+            log_likelihood = float(tf.reduce_mean(model.estimate_log_marginal(test, 2000, seed=[0, 1])))
+            rows.append([name, seed, *distances, log_likelihood, float(np.mean(history["bandwidth"][-1])),
                          float(regression.ridge)])
-            print(name, seed, [round(d, 3) for d in distances], flush=True)
-    header = ["regression", "seed", *[f"FD, epoch {e}" for e in range(every, epochs + 1, every)], "bandwidth",
-              "lambda"]
+            print(name, seed, [round(d, 3) for d in distances], round(log_likelihood, 3), flush=True)
+    header = ["regression", "seed", *[f"FD, epoch {e}" for e in range(every, epochs + 1, every)],
+              f"test log p(x), epoch {epochs}", "bandwidth", "lambda"]
     return header, rows, ("Fréchet distance of the mean images to the test digits in PCA features "
-                          "(`image_generation`'s FD PCA, means); bandwidth: the last epoch's mean, lambda: the last")
+                          "(`image_generation`'s FD PCA, means); test log p(x): mean over the 500 test digits, "
+                          "importance-sampled (`ImageDecoderModel.estimate_log_marginal`, 2000 samples); "
+                          "bandwidth: the last epoch's mean, lambda: the last")
 
 
 def main():

@@ -114,11 +114,72 @@ class ImageDecoderModel(GenerativeModel):
         x = tf.cast(x, self.compute_dtype)
         return marginal.log_prob(tf.reshape(x, [tf.shape(x)[0], -1]))
 
+    def estimate_log_marginal(self, x, num_samples=1000, seed=(0, 0), chunk_size=100, max_iterations=200):
+        """Importance-sampling estimate of `log p(x)` for any decoder, with a Laplace proposal per image.
+
+        For each image the proposal is a multivariate Student-t (4 degrees of freedom) with the location and scale
+        of a Laplace approximation: the posterior mode `z*` (L-BFGS on `log p(z, x)` from `z = 0`) and the
+        Gauss-Newton covariance `(J^T J / sigma^2 + I)^-1`, `J` the Jacobian of `f_w` at `z*`. The estimate is `log (1/K) sum_k p(z_k, x) / q(z_k)`. It is
+        unbiased for `p(x)`, so its log is a lower bound on `log p(x)` on average (Jensen), tight when the proposal
+        covers the posterior: exact for the linear decoder (`log_marginal`) and within 0.01 nats of quadrature on a
+        two-dimensional latent (tests). Cost: `K M` decoder passes, in chunks of `chunk_size` samples.
+
+        Args:
+          x: `Tensor[M, height, width]` images.
+          num_samples: number `K` of importance samples per image.
+          seed: a stateless seed (`int32[2]`); the same seed gives the same estimate.
+          chunk_size: samples per decoder pass (memory: `chunk_size * M * height * width` values).
+          max_iterations: L-BFGS iterations for the modes.
+
+        Returns:
+          `Tensor[M]`.
+        """
+        joint = self.joint_distribution()
+        x = tf.cast(x, self.compute_dtype)
+        mode, scale = _laplace_approximations(self, x, max_iterations)
+        proposal = tfd.MultivariateStudentTLinearOperator(
+            tf.constant(4., x.dtype), mode, tf.linalg.LinearOperatorLowerTriangular(scale))
+        num_chunks = -(-num_samples // chunk_size)
+        seeds = tf.random.experimental.stateless_split(tf.convert_to_tensor(seed, tf.int32), num_chunks)
+        log_weights = []
+        for index, chunk_seed in enumerate(tf.unstack(seeds)):
+            size = min(chunk_size, num_samples - index * chunk_size)
+            z = proposal.sample(size, seed=chunk_seed)  # [size, M, latent_dim]
+            log_weights.append(joint.log_prob(z, x) - proposal.log_prob(z))
+        log_weights = tf.concat(log_weights, axis=0)  # [K, M]
+        return tf.reduce_logsumexp(log_weights, axis=0) - tf.math.log(tf.cast(num_samples, x.dtype))
+
     def get_config(self):
         return {**super().get_config(), "image_shape": list(self.image_shape), "latent_dim": self.latent_dim,
                 "hidden_units": list(self.hidden_units), "activation": self.activation,
                 "output_activation": self.output_activation, "scale": self.initial_scale,
                 "learn_scale": self.learn_scale, "seed": self.seed}
+
+
+@tf.function(reduce_retracing=True, autograph=False)
+def _laplace_approximations(model, x, max_iterations):
+    """Posterior mode and Gauss-Newton covariance of an `ImageDecoderModel` for each image of `x: [M, height,
+    width]` (compiled: TFP's L-BFGS loop is slow eagerly).
+
+    Returns:
+      `(mode [M, latent_dim], scale [M, latent_dim, latent_dim])`: `mode = argmax_z log p(z, x)` by L-BFGS from
+      `z = 0`, and `scale` the lower Cholesky factor of `(J^T J / sigma^2 + I)^-1`, `J` the decoder's Jacobian at
+      `mode`.
+    """
+    joint = model.joint_distribution()
+
+    def negative_log_joint(z):  # [M, latent_dim] -> ([M], [M, latent_dim])
+        return tfp.math.value_and_gradient(lambda z: -joint.log_prob(z, x), z)
+
+    start = tf.zeros(tf.stack([tf.shape(x)[0], model.latent_dim]), x.dtype)
+    mode = tfp.optimizer.lbfgs_minimize(negative_log_joint, start, max_iterations=max_iterations).position
+    with tf.GradientTape() as tape:
+        tape.watch(mode)
+        mean = tf.reshape(model.decode(mode), [tf.shape(x)[0], -1])
+    jacobian = tape.batch_jacobian(mean, mode)  # [M, height * width, latent_dim]
+    precision = tf.matmul(jacobian, jacobian, transpose_a=True) / model.scale**2 + tf.eye(model.latent_dim,
+                                                                                          dtype=x.dtype)
+    return tf.stop_gradient(mode), tf.stop_gradient(tf.linalg.cholesky(tf.linalg.inv(precision)))
 
 
 def load_digits(dtype="float32"):
