@@ -663,10 +663,10 @@ class KernelRidge(keras.layers.Layer):
         learned = tf.exp(tf.cast(self.log_bandwidth, self.compute_dtype))
         if not isinstance(self.bandwidth_rule, str):
             return learned
-        # Until `initialise` has run, the median heuristic (both values are computed: the median of a subsample
-        # costs little beside the regression).
-        median = median_bandwidth(sleep_inputs - tf.reduce_mean(sleep_inputs, 0), self.bandwidth_subsample)
-        return tf.where(self.initialised > 0., learned, tf.broadcast_to(median, tf.shape(learned)))
+        # Until `initialise` has run, the median heuristic; a `tf.cond`, so it is not computed after.
+        return tf.cond(self.initialised > 0., lambda: learned, lambda: tf.broadcast_to(
+            median_bandwidth(sleep_inputs - tf.reduce_mean(sleep_inputs, 0), self.bandwidth_subsample),
+            tf.shape(learned)))
 
     def _floored(self, bandwidth, sleep_inputs):
         """A learned bandwidth `l` (`[]`, or `[F]` with ard) raised to the sleep set's `nearest_neighbour_distance`
