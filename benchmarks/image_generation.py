@@ -7,7 +7,8 @@ noise). Methods, with the same decoder, initial weights, minibatches of 100, Ada
 units); also the VAE with 5 times the epochs (still about a third of amortised learning's CPU time).
 Score: Fréchet distance of 2000 model samples to the 500 test digits, for the mean images `f_w(z)` and for
 the noisy samples `x`, in two feature spaces: (a) the 16 leading principal components of the training
-digits, (b) the 32-unit penultimate layer of a small Keras classifier trained here on the training labels.
+digits, (b) the 32-unit penultimate layer of a small Keras classifier trained here on the training labels; and the
+test digits' log-likelihood, importance-sampled (`ImageDecoderModel.estimate_log_marginal`).
 References: the training digits themselves (the floor set by finite test samples) and the untrained model.
 Amortised learning runs once per regression (`--regressions`, `benchmarks/_regressions.py`): fixed, learned (the
 learner's default) and a deep kernel (learned on features of the images).
@@ -77,6 +78,11 @@ def scores(model, test, feature_maps, seed):
     return result, means.numpy()
 
 
+def test_log_likelihood(model, test):
+    """Mean over the test digits of the importance-sampled `log p(x)` (`estimate_log_marginal`, 2000 samples)."""
+    return float(tf.reduce_mean(model.estimate_log_marginal(test, 2000, seed=[0, 1])))
+
+
 def summary(runs, name):
     """`mean ± sd` over seeds of `runs[i][name]`."""
     values = np.array([run[name] for run in runs])
@@ -126,27 +132,30 @@ def main():
         for name, (method, multiple, title) in methods.items():
             learner, model = make_learner(method, seed, num_sleep)
             if name == next(iter(methods)):
-                runs["untrained model"].append({**scores(model, test, feature_maps, seed)[0], "sigma": 0.3,
+                runs["untrained model"].append({**scores(model, test, feature_maps, seed)[0],
+                                                "test log p(x)": test_log_likelihood(model, test), "sigma": 0.3,
                                                 "CPU s": 0.})
             cpu = time.process_time()
             learner.fit(train, batch_size=100, epochs=epochs * multiple, verbose=0)
             cpu = time.process_time() - cpu
             result, means = scores(model, test, feature_maps, seed)
-            runs[name].append({**result, "sigma": float(model.scale), "CPU s": cpu})
+            runs[name].append({**result, "test log p(x)": test_log_likelihood(model, test),
+                               "sigma": float(model.scale), "CPU s": cpu})
             if seed == seeds[0] and title:
                 grids[title] = means
             print(f"seed {seed}, {name}: {result}, CPU {cpu:.0f} s", flush=True)
     path = plot_path("image_generation.png")
     plot(grids, path)
-    rows = [["training digits (floor)", *[f"{floor[column]:.3g}" for column in COLUMNS], "", ""]]
-    rows += [[name, *[summary(result, column) for column in [*COLUMNS, "sigma", "CPU s"]]]
+    rows = [["training digits (floor)", *[f"{floor[column]:.3g}" for column in COLUMNS], "", "", ""]]
+    rows += [[name, *[summary(result, column) for column in [*COLUMNS, "test log p(x)", "sigma", "CPU s"]]]
              for name, result in runs.items()]
     print(machine_header())
     print(f"{NUM_TRAIN} training / {len(test)} test digits (8 x 8); latent dim {LATENT_DIM}, decoder 64-128 relu, "
           f"sigmoid output; {epochs} epochs of minibatches of 100, Adam 3e-3; N={num_sleep} sleep samples; "
           f"seeds {seeds} (mean ± sd); Fréchet distance of {NUM_SAMPLES} samples to the test digits; "
           f"classifier test accuracy {accuracy:.3f}\n")
-    print(markdown_table(["model", *[f"FD {column}" for column in COLUMNS], "sigma", "CPU s"], rows))
+    print(markdown_table(["model", *[f"FD {column}" for column in COLUMNS], "test log p(x)", "sigma", "CPU s"],
+                         rows))
     print(f"\nplot: {path}; wall time {time.time() - start:.0f} s")
 
 

@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks._report import benchmark_parser, machine_header, markdown_table
-from benchmarks.image_generation import NUM_COMPONENTS, NUM_TRAIN, make_learner, scores
+from benchmarks.image_generation import NUM_COMPONENTS, NUM_TRAIN, make_learner, scores, test_log_likelihood
 from tfp_amortised import KernelRidge, amortised_step, estimator, median_bandwidth
 from tfp_amortised.ridge import _square_distances, nearest_neighbour_distance
 from tfp_amortised.models.image_decoder import load_digits, pca_features
@@ -137,24 +137,64 @@ def nearest_table(train):
             "Model trained with the fixed regression; distances in pixel space")
 
 
+def oracle_trainer(seed, train, num_samples=100, batch_size=100):
+    """The reference for the learners: Adam 3e-3 on shuffled minibatches of `batch_size` digits, as they train,
+    ascending the importance-sampled `log p(x)` (`ImageDecoderModel.estimate_log_marginal`, `num_samples` fresh
+    samples per digit and step), from the same initial model. Its gradient is the self-normalised importance
+    sampling estimate of the exact one, with a bias of order `1 / num_samples`. Returns `(model, train_epochs)`."""
+    _, model = make_learner("amortised-fixed", seed, 1000)  # the learners' initial model
+    optimizer = keras.optimizers.Adam(3e-3)
+
+    @tf.function(reduce_retracing=True, autograph=False)
+    def step(x, step_seed):
+        with tf.GradientTape() as tape:
+            loss = -tf.reduce_mean(model.estimate_log_marginal(x, num_samples, seed=step_seed))
+        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+
+    rng, steps = np.random.default_rng(seed), iter(range(10**9))
+
+    def train_epochs(epochs):
+        for _ in range(epochs):
+            order = rng.permutation(len(train))
+            for start in range(0, len(train), batch_size):
+                step(tf.constant(train[order[start:start + batch_size]]), tf.constant([seed, next(steps)]))
+
+    return model, train_epochs
+
+
+def learner_trainer(name, seed, train):
+    """A learner with the variant `name`'s regression: `(model, train_epochs -> the last epoch's mean bandwidth)`
+    and the regression."""
+    arguments, learning = VARIANTS[name]
+    regression = KernelRidge(**arguments)
+    learner, model = make_learner("amortised", seed, 1000, regression)
+    for variable in (regression.log_bandwidth, regression.log_ridge):
+        variable.trainable = regression.learn and variable.name in learning
+
+    def train_epochs(epochs):
+        return float(np.mean(learner.fit(train, batch_size=100, epochs=epochs, verbose=0).history["bandwidth"][-1]))
+
+    return model, train_epochs, regression
+
+
 def training_table(train, test, variants, seeds, epochs=50, every=10):
-    """Part `training`: rows `[variant, seed, FD at every `every` epochs..., final bandwidth, final lambda]`."""
+    """Part `training`: rows `[variant, seed, FD at every `every` epochs..., final test log p(x), final bandwidth,
+    final lambda]`; variant `"oracle"` is `oracle_trainer`."""
     features = {"PCA": lambda images: pca_features(images, train, NUM_COMPONENTS)}
     rows = []
     for name in variants:
-        arguments, learning = VARIANTS[name]
         for seed in seeds:
-            regression = KernelRidge(**arguments)
-            learner, model = make_learner("amortised", seed, 1000, regression)
-            for variable in (regression.log_bandwidth, regression.log_ridge):
-                variable.trainable = regression.learn and variable.name in learning
+            if name == "oracle":
+                (model, train_epochs), regression = oracle_trainer(seed, train), None
+            else:
+                model, train_epochs, regression = learner_trainer(name, seed, train)
             distances = []
             for _ in range(0, epochs, every):
-                history = learner.fit(train, batch_size=100, epochs=every, verbose=0).history
+                bandwidth = train_epochs(every)
                 distances.append(scores(model, test, features, 0)[0]["PCA, means"])
-            log_likelihood = float(tf.reduce_mean(model.estimate_log_marginal(test, 2000, seed=[0, 1])))
-            rows.append([name, seed, *distances, log_likelihood, float(np.mean(history["bandwidth"][-1])),
-                         float(regression.ridge)])
+            log_likelihood = test_log_likelihood(model, test)
+            settings = ["-", "-"] if regression is None else [bandwidth, float(regression.ridge)]
+            rows.append([name, seed, *distances, log_likelihood, *settings])
             print(name, seed, [round(d, 3) for d in distances], round(log_likelihood, 3), flush=True)
     header = ["regression", "seed", *[f"FD, epoch {e}" for e in range(every, epochs + 1, every)],
               f"test log p(x), epoch {epochs}", "bandwidth", "lambda"]
@@ -168,12 +208,12 @@ def main():
     parser = benchmark_parser(__doc__, "no quick size")
     parser.add_argument("--part", choices=("heldout", "variance", "training", "nearest"), default="heldout")
     parser.add_argument("--variants", type=lambda text: text.split(","), default=list(VARIANTS),
-                        help=f"--part training: comma-separated names from {list(VARIANTS)}")
+                        help=f"--part training: comma-separated names from {[*VARIANTS, 'oracle']}")
     parser.add_argument("--seeds", type=lambda text: [int(seed) for seed in text.split(",")], default=[0])
     args = parser.parse_args()
-    unknown = [name for name in args.variants if name not in VARIANTS]
+    unknown = [name for name in args.variants if name not in (*VARIANTS, "oracle")]
     if unknown:
-        parser.error(f"--variants takes names from {list(VARIANTS)}. Received: {unknown}")
+        parser.error(f"--variants takes names from {[*VARIANTS, 'oracle']}. Received: {unknown}")
     start = time.time()
     keras.utils.set_random_seed(0)
     images = load_digits()[0]
