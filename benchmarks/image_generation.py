@@ -57,7 +57,7 @@ def make_learner(method, seed, num_sleep, regression=None):
     model = ImageDecoderModel((8, 8), latent_dim=LATENT_DIM, hidden_units=(64, 128), scale=0.3, seed=seed)
     if method.startswith("amortised"):
         if regression is None:
-            regression = _regressions.regression(method.split("-")[1], (8, 8), seed)
+            regression = _regressions.regression(method.split("-", 1)[1], (8, 8), seed)
         learner = AmortisedLearner(model, num_sleep=num_sleep, form="conditional", regression=regression, seed=seed)
     else:
         encoder = MeanFieldEncoder({"z": ("normal", LATENT_DIM)}, hidden_units=(128, 64), seed=seed)
