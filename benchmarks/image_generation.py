@@ -10,8 +10,9 @@ the noisy samples `x`, in two feature spaces: (a) the 16 leading principal compo
 digits, (b) the 32-unit penultimate layer of a small Keras classifier trained here on the training labels; and the
 test digits' log-likelihood, importance-sampled (`ImageDecoderModel.estimate_log_marginal`).
 References: the training digits themselves (the floor set by finite test samples) and the untrained model.
-Amortised learning runs once per regression (`--regressions`, `benchmarks/_regressions.py`): fixed, learned (the
-learner's default) and a deep kernel (learned on features of the images).
+Amortised learning runs once per regression (`--regressions`, `benchmarks/_regressions.py`): by default fixed,
+learned (the learner's default) and a deep kernel (learned on features of the images); `learned-w1` (learned on the
+held-out mean squared error) on request.
 
     python -m benchmarks.image_generation [--quick] [--regressions fixed,learned,deep]
 """

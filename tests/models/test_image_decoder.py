@@ -127,6 +127,21 @@ def test_estimated_log_marginal_matches_the_linear_decoder_exactly():
     np.testing.assert_array_equal(estimate, model.estimate_log_marginal(x, num_samples=2000, seed=[1, 2]))
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"num_samples": 0}, "num_samples must be a positive integer"),
+    ({"num_samples": 10.}, "num_samples must be a positive integer"),
+    ({"chunk_size": True}, "chunk_size must be a positive integer"),
+    ({"max_iterations": -1}, "max_iterations must be a positive integer"),
+    ({"seed": 3}, "seed must be a stateless seed"),
+    ({"x": np.zeros([2, 3, 2], np.float32)}, r"x must have shape \[num_images, 2, 3\]"),
+    ({"x": np.zeros([6], np.float32)}, r"x must have shape \[num_images, 2, 3\]")])
+def test_estimated_log_marginal_names_a_bad_argument(kwargs, message):
+    model = ImageDecoderModel((2, 3), latent_dim=2, hidden_units=(4,), seed=0)
+    arguments = {"x": np.zeros([2, 2, 3], np.float32), **kwargs}
+    with pytest.raises(ValueError, match=message):
+        model.estimate_log_marginal(**arguments)
+
+
 def test_estimated_log_marginal_of_a_deep_decoder_matches_quadrature():
     # Two latent dimensions, so log p(x) = log sum_grid p(z, x) dz on a 701 x 701 grid over [-7, 7]^2 (posterior
     # widths are about 0.05 here, 2.5 grid steps). Measured: within 0.013 of it at K = 2000, 0.006 at K = 20000.

@@ -5,6 +5,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfp_amortised.estimator import check_seed
 from tfp_amortised.generative import GenerativeModel
 from tfp_amortised.models._mlp import apply_over_batch, mlp
 
@@ -136,13 +137,21 @@ class ImageDecoderModel(GenerativeModel):
         Returns:
           `Tensor[M]`.
         """
-        joint = self.joint_distribution()
+        for argument, value in (("num_samples", num_samples), ("chunk_size", chunk_size),
+                                ("max_iterations", max_iterations)):
+            if not (isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"{argument} must be a positive integer. Received: {argument}={value!r}")
         x = tf.cast(x, self.compute_dtype)
+        if x.shape.rank != 3 or tuple(x.shape[1:]) != self.image_shape:
+            raise ValueError(f"x must have shape [num_images, {self.image_shape[0]}, {self.image_shape[1]}]. "
+                             f"Received: x of shape {x.shape}")
+        seed = check_seed(seed)
+        joint = self.joint_distribution()
         mode, scale = _laplace_approximations(self, x, max_iterations)
         proposal = tfd.MultivariateStudentTLinearOperator(
             tf.constant(4., x.dtype), mode, tf.linalg.LinearOperatorLowerTriangular(scale))
         num_chunks = -(-num_samples // chunk_size)
-        seeds = tf.random.experimental.stateless_split(tf.convert_to_tensor(seed, tf.int32), num_chunks)
+        seeds = tf.random.experimental.stateless_split(seed, num_chunks)
         log_weights = []
         for index, chunk_seed in enumerate(tf.unstack(seeds)):
             size = min(chunk_size, num_samples - index * chunk_size)
