@@ -14,11 +14,13 @@ variance: 1 is the error of predicting zero) and the norm of the estimated mean 
 split into the predictions' variance over sleep sets (measured over 8 sleep sets of the same held-out samples, and
 as the learning objective estimates it from one, `estimator.split_half_variance`) and the rest (noise + bias^2).
 
-`--part training`: the Fréchet distance of the mean images (PCA features) every 10 epochs while training from
-seed 0's initial model with variants of the learning regression: which hyperparameters learn (the others keep
-their initial values, the median heuristic's bandwidth and lambda = 1e-3) and the variance weight.
+`--part training`: the Fréchet distance of the mean images (PCA features) every 10 epochs, and the test digits'
+importance-sampled log-likelihood at the end, while training from each seed's initial model with variants of the
+learning regression: which hyperparameters learn (the others keep their initial values, the median heuristic's
+bandwidth and lambda = 1e-3) and the variance weight. Variant `oracle` is the reference: the same optimiser on
+the importance-sampled log-likelihood itself (`oracle_trainer`).
 
-    python -m benchmarks.image_regression --part training --variants learned,bandwidth --seeds 0
+    python -m benchmarks.image_regression --part training --variants fixed,learned,oracle --seeds 0
 
 A learning regression's bandwidth is floored at the sleep set's nearest-neighbour distance
 (`tfp_amortised.ridge.nearest_neighbour_distance`; before, it fell to half of it here). `--part nearest` prints
