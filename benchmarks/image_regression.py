@@ -14,8 +14,8 @@ variance: 1 is the error of predicting zero) and the norm of the estimated mean 
 split into the predictions' variance over sleep sets (measured over 8 sleep sets of the same held-out samples, and
 as the learning objective estimates it from one, `estimator.split_half_variance`) and the rest (noise + bias^2).
 
-`--part training`: the Fréchet distance of the mean images (PCA features) every 10 epochs, and the test digits'
-importance-sampled log-likelihood at the end, while training from each seed's initial model with variants of the
+`--part training`: the Fréchet distance of the mean images (PCA features) every 10 epochs, and the training and
+test digits' importance-sampled log-likelihood at the end, while training from each seed's initial model with variants of the
 learning regression: which hyperparameters learn (the others keep their initial values, the median heuristic's
 bandwidth and lambda = 1e-3) and the variance weight. Variant `oracle` is the reference: the same optimiser on
 the importance-sampled log-likelihood itself (`oracle_trainer`).
@@ -180,8 +180,8 @@ def learner_trainer(name, seed, train):
 
 
 def training_table(train, test, variants, seeds, epochs=50, every=10):
-    """Part `training`: rows `[variant, seed, FD at every `every` epochs..., final test log p(x), final bandwidth,
-    final lambda]`; variant `"oracle"` is `oracle_trainer`."""
+    """Part `training`: rows `[variant, seed, FD at every `every` epochs..., final train and test log p(x), final
+    bandwidth, final lambda]`; variant `"oracle"` is `oracle_trainer`."""
     features = {"PCA": lambda images: pca_features(images, train, NUM_COMPONENTS)}
     rows = []
     for name in variants:
@@ -194,16 +194,16 @@ def training_table(train, test, variants, seeds, epochs=50, every=10):
             for _ in range(0, epochs, every):
                 bandwidth = train_epochs(every)
                 distances.append(scores(model, test, features, 0)[0]["PCA, means"])
-            log_likelihood = test_log_likelihood(model, test)
+            log_likelihoods = [test_log_likelihood(model, digits) for digits in (train[:len(test)], test)]
             settings = ["-", "-"] if regression is None else [bandwidth, float(regression.ridge)]
-            rows.append([name, seed, *distances, log_likelihood, *settings])
-            print(name, seed, [round(d, 3) for d in distances], round(log_likelihood, 3), flush=True)
+            rows.append([name, seed, *distances, *log_likelihoods, *settings])
+            print(name, seed, [round(d, 3) for d in distances], [round(v, 3) for v in log_likelihoods], flush=True)
     header = ["regression", "seed", *[f"FD, epoch {e}" for e in range(every, epochs + 1, every)],
-              f"test log p(x), epoch {epochs}", "bandwidth", "lambda"]
+              f"train log p(x), epoch {epochs}", f"test log p(x), epoch {epochs}", "bandwidth", "lambda"]
     return header, rows, ("Fréchet distance of the mean images to the test digits in PCA features "
-                          "(`image_generation`'s FD PCA, means); test log p(x): mean over the 500 test digits, "
-                          "importance-sampled (`ImageDecoderModel.estimate_log_marginal`, 2000 samples); "
-                          "bandwidth: the last epoch's mean, lambda: the last")
+                          "(`image_generation`'s FD PCA, means); log p(x): mean over the first 500 training digits "
+                          "and the 500 test digits, importance-sampled (`ImageDecoderModel.estimate_log_marginal`, "
+                          "2000 samples); bandwidth: the last epoch's mean, lambda: the last")
 
 
 def main():
