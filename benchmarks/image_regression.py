@@ -15,10 +15,10 @@ split into the predictions' variance over sleep sets (measured over 8 sleep sets
 as the learning objective estimates it from one, `estimator.split_half_variance`) and the rest (noise + bias^2).
 
 `--part training`: the Fréchet distance of the mean images (PCA features) every 10 epochs, and the training and
-test digits' importance-sampled log-likelihood at the end, while training from each seed's initial model with variants of the
-learning regression: which hyperparameters learn (the others keep their initial values, the median heuristic's
-bandwidth and lambda = 1e-3) and the variance weight. Variant `oracle` is the reference: the same optimiser on
-the importance-sampled log-likelihood itself (`oracle_trainer`).
+test digits' importance-sampled log-likelihood at the end, while training from each seed's initial model with
+variants of the learning regression: which hyperparameters learn (the others keep their initial values, the
+median heuristic's bandwidth and lambda = 1e-3) and the variance weight. Variant `oracle` is the reference: the
+same optimiser on the importance-sampled log-likelihood itself (`oracle_trainer`).
 
     python -m benchmarks.image_regression --part training --variants fixed,learned,oracle --seeds 0
 
