@@ -10,6 +10,7 @@ from tfp_amortised import AmortisedLearner, KernelRidge, amortised_step
 from tfp_amortised.estimator import gradient_projections, held_out_targets, regression_loss, split_half_variance
 from tfp_amortised.evaluation import median_relative_error, per_point_gradients
 from tfp_amortised.models import FactorAnalysisModel, GaussianMixtureModel
+from tfp_amortised import ridge as ridge_module
 from tfp_amortised.ridge import kernel_ridge_weights, nearest_neighbour_distance
 
 COMPILE = {"eager": lambda fn: fn, "function": tf.function, "xla": lambda fn: tf.function(fn, jit_compile=True)}
@@ -207,6 +208,27 @@ def test_learned_hyperparameters_lower_the_held_out_error_and_the_gradient_error
             form=form).surrogate, model.trainable_variables), exact)
 
     assert gradient_error(learned) < 0.2 * gradient_error(initial)
+
+
+def test_a_learning_bandwidth_computes_the_median_only_until_initialised(monkeypatch):
+    """The median heuristic is the bandwidth of a learning layer's calls until `initialise`; after it, it is not
+    computed (a `tf.cond`: counted eagerly, where only the branch taken runs), and the weights are those of the
+    learned bandwidth."""
+    median, calls = ridge_module.median_bandwidth, []
+    monkeypatch.setattr(ridge_module, "median_bandwidth", lambda *args: calls.append(1) or median(*args))
+    rng = np.random.default_rng(3)
+    sleep_x, query_x = (rng.normal(size=[n, 2]).astype(np.float32) for n in (100, 7))
+    regression = KernelRidge(learn=True)
+    start = float(median(sleep_x - sleep_x.mean(0)))
+    np.testing.assert_allclose(regression(sleep_x, query_x), KernelRidge(bandwidth=start)(sleep_x, query_x),
+                               rtol=1e-4, atol=1e-6)
+    assert len(calls) == 1
+    regression.initialise(sleep_x)
+    regression.log_bandwidth.assign(np.log(0.5))
+    calls.clear()
+    np.testing.assert_allclose(regression(sleep_x, query_x), KernelRidge(bandwidth=0.5)(sleep_x, query_x),
+                               rtol=1e-4, atol=1e-6)
+    assert not calls
 
 
 def test_ard_learns_a_long_length_scale_for_an_irrelevant_dimension():
