@@ -28,6 +28,7 @@ that floor, and the median distance from the wake and held-out points to their n
 the median heuristic while the fixed regression trains.
 """
 
+import itertools
 import time
 
 import keras
@@ -153,7 +154,7 @@ def oracle_trainer(seed, train, num_samples=100, batch_size=100):
             loss = -tf.reduce_mean(model.estimate_log_marginal(x, num_samples, seed=step_seed))
         optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
 
-    rng, steps = np.random.default_rng(seed), iter(range(10**9))
+    rng, steps = np.random.default_rng(seed), itertools.count()
 
     def train_epochs(epochs):
         for _ in range(epochs):
