@@ -205,7 +205,7 @@ def median_bandwidth(x, bandwidth_subsample=DEFAULTS["bandwidth_subsample"]):
     median = _median(tf.reshape(square_distance, [-1]))
     mean = tf.reduce_mean(square_distance)
     # Below float resolution of the squared norms, "zero" is rounding noise of the expansion above.
-    resolution = 1e-6 * tf.reduce_mean(tf.reduce_sum(x**2, -1)) + np.finfo(np.float32).tiny
+    resolution = _rounding_resolution(x) + np.finfo(np.float32).tiny
     fallback = tf.where(mean > resolution, mean, tf.ones_like(mean))
     return tf.sqrt(tf.where(median > resolution, median, fallback))
 
@@ -231,9 +231,9 @@ def nearest_neighbour_distance(x, bandwidth_subsample=DEFAULTS["bandwidth_subsam
     square_distance = tf.linalg.set_diag(_square_distances(rows, x),
                                          tf.fill([tf.shape(rows)[0]], x.dtype.max))  # [S, N], not itself
     nearest = tf.reduce_min(square_distance, axis=-1)
-    # Below float resolution of the squared norms, as in `median_bandwidth`, "nonzero" is rounding noise; exact
-    # zeros also keep the gradient of the square root finite (the `tf.where` drops it at 0).
-    nearest = tf.where(nearest > 1e-6 * tf.reduce_mean(tf.reduce_sum(x**2, -1)), nearest, tf.zeros_like(nearest))
+    # Below float resolution of the squared norms, "nonzero" is rounding noise; exact zeros also keep the
+    # gradient of the square root finite (the `tf.where` drops it at 0).
+    nearest = tf.where(nearest > _rounding_resolution(x), nearest, tf.zeros_like(nearest))
     return tf.sqrt(_median(nearest))
 
 
@@ -241,6 +241,12 @@ def _square_distances(a, b):
     """`Tensor[A, B]` of squared Euclidean distances between the rows of `a: [A, D]` and `b: [B, D]`, by the
     expansion `|a|^2 + |b|^2 - 2 a.b` (a matrix product; may round to slightly below 0)."""
     return tf.reduce_sum(a**2, -1)[:, None] + tf.reduce_sum(b**2, -1)[None, :] - 2. * tf.matmul(a, b, transpose_b=True)
+
+
+def _rounding_resolution(x):
+    """Scalar `Tensor`: the size below which a squared distance between rows of `x: [N, D]` computed by
+    `_square_distances` is rounding noise, `1e-6` times the mean squared norm of the rows."""
+    return 1e-6 * tf.reduce_mean(tf.reduce_sum(x**2, -1))
 
 
 def _median(values):
