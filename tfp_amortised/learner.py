@@ -346,8 +346,9 @@ class _RegressionQualityCheck(keras.callbacks.Callback):
         warnings.warn(
             f"The regression explained almost nothing of the gradient at held-out sleep samples in the last epoch "
             f"(ridge_r2={float(np.mean(self.last)):.3g} < {RIDGE_R2_WARNING}): the gradient estimate is mostly bias. "
-            f"Bandwidth: {float(np.mean(self.bandwidth)):.3g} (as used); ridge: {float(regression.ridge):.3g}; num_sleep: {learner.num_sleep}. Try "
-            f"{remedies}a kernel on features of the observations (KernelRidge(features=...)) or more sleep samples.",
+            f"Bandwidth: {float(np.mean(self.bandwidth)):.3g} (as used); ridge: {float(regression.ridge):.3g}; "
+            f"num_sleep: {learner.num_sleep}. Try {remedies}a kernel on features of the observations "
+            f"(KernelRidge(features=...)) or more sleep samples.",
             RegressionWarning, stacklevel=2)
 
 
