@@ -18,7 +18,10 @@ as the learning objective estimates it from one, `estimator.split_half_variance`
 test digits' importance-sampled log-likelihood at the end, while training from each seed's initial model with
 variants of the learning regression: which hyperparameters learn (the others keep their initial values, the
 median heuristic's bandwidth and lambda = 1e-3) and the variance weight. Variant `oracle` is the reference: the
-same optimiser on the importance-sampled log-likelihood itself (`oracle_trainer`).
+same optimiser on the importance-sampled log-likelihood itself (`oracle_trainer`). Variants `ridge-*`
+(`SPLIT_VARIANTS`) train with the fixed regression and a small lambda, and ask what about it degrades the model:
+the mean over four sleep sets a step (a quarter of the variance, the same bias), or the noise scale's gradient
+taken at another lambda than the decoder weights'.
 
     python -m benchmarks.image_regression --part training --variants fixed,learned,oracle --seeds 0
 
@@ -140,19 +143,16 @@ def nearest_table(train):
             "Model trained with the fixed regression; distances in pixel space")
 
 
-def oracle_trainer(seed, train, num_samples=100, batch_size=100):
-    """The reference for the learners: Adam 3e-3 on shuffled minibatches of `batch_size` digits, as they train,
-    ascending the importance-sampled `log p(x)` (`ImageDecoderModel.estimate_log_marginal`, `num_samples` fresh
-    samples per digit and step), from the same initial model. Its gradient is the self-normalised importance
-    sampling estimate of the exact one, with a bias of order `1 / num_samples`. Returns `(model, train_epochs)`."""
+def minibatch_trainer(seed, train, gradients, batch_size=100):
+    """Adam 3e-3 on shuffled minibatches of `batch_size` digits, as the learners train, from the learners' initial
+    model, with `gradients(model, x, step_seed) -> gradients of model.trainable_variables`, compiled. Returns
+    `(model, train_epochs)`."""
     _, model = make_learner("amortised-fixed", seed, 1000)  # the learners' initial model
     optimizer = keras.optimizers.Adam(3e-3)
 
     @tf.function(reduce_retracing=True, autograph=False)
     def step(x, step_seed):
-        with tf.GradientTape() as tape:
-            loss = -tf.reduce_mean(model.estimate_log_marginal(x, num_samples, seed=step_seed))
-        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+        optimizer.apply_gradients(zip(gradients(model, x, step_seed), model.trainable_variables))
 
     rng, steps = np.random.default_rng(seed), itertools.count()
 
@@ -163,6 +163,46 @@ def oracle_trainer(seed, train, num_samples=100, batch_size=100):
                 step(tf.constant(train[order[start:start + batch_size]]), tf.constant([seed, next(steps)]))
 
     return model, train_epochs
+
+
+def oracle_trainer(seed, train, num_samples=100):
+    """The reference for the learners: `minibatch_trainer` ascending the importance-sampled `log p(x)`
+    (`ImageDecoderModel.estimate_log_marginal`, `num_samples` fresh samples per digit and step). Its gradient is
+    the self-normalised importance-sampling estimate of the exact one, with a bias of order `1 / num_samples`."""
+    def gradients(model, x, step_seed):
+        with tf.GradientTape() as tape:
+            loss = -tf.reduce_mean(model.estimate_log_marginal(x, num_samples, seed=step_seed))
+        return tape.gradient(loss, model.trainable_variables)
+
+    return minibatch_trainer(seed, train, gradients)
+
+
+# name: (lambda of the decoder's weights, lambda of the pixel noise scale's gradient, sleep sets averaged per step);
+# fixed median-heuristic bandwidth, conditional form, N = 1000 per set
+SPLIT_VARIANTS = {"ridge-1e-3": (1e-3, 1e-3, 1), "ridge-1e-5": (1e-5, 1e-5, 1), "ridge-1e-5-sets4": (1e-5, 1e-5, 4),
+                  "ridge-1e-5-scale-1e-3": (1e-5, 1e-3, 1), "ridge-1e-3-scale-1e-5": (1e-3, 1e-5, 1)}
+
+
+def split_trainer(name, seed, train):
+    """`minibatch_trainer` on the amortised gradient of the fixed regression with the `SPLIT_VARIANTS` setting
+    `name`: the mean over `sets` independent sleep sets (variance / sets, bias unchanged), the gradient of the
+    noise scale `raw_scale` taken from a regression with its own lambda."""
+    ridge, scale_ridge, sets = SPLIT_VARIANTS[name]
+    regressions = {ridge: KernelRidge(ridge=ridge), scale_ridge: KernelRidge(ridge=scale_ridge)}
+
+    def gradients(model, x, step_seed):
+        with tf.GradientTape(persistent=True) as tape:
+            losses = {value: tf.add_n([amortised_step(
+                model.joint_distribution, x, num_sleep=1000, seed=tf.stack([step_seed[0], step_seed[1] * sets + k]),
+                regression=regression, form="conditional", held_out_error=False).loss for k in range(sets)]) / sets
+                for value, regression in regressions.items()}
+        variables = model.trainable_variables
+        result = [tape.gradient(losses[scale_ridge if variable is model.raw_scale else ridge], variable)
+                  for variable in variables]
+        del tape
+        return result
+
+    return minibatch_trainer(seed, train, gradients)
 
 
 def learner_trainer(name, seed, train):
@@ -182,13 +222,16 @@ def learner_trainer(name, seed, train):
 
 def training_table(train, test, variants, seeds, epochs=50, every=10):
     """Part `training`: rows `[variant, seed, FD at every `every` epochs..., final train and test log p(x), final
-    bandwidth, final lambda]`; variant `"oracle"` is `oracle_trainer`."""
+    bandwidth, final lambda, final sigma]`; variant `"oracle"` is `oracle_trainer`, the `SPLIT_VARIANTS` are
+    `split_trainer`."""
     features = {"PCA": lambda images: pca_features(images, train, NUM_COMPONENTS)}
     rows = []
     for name in variants:
         for seed in seeds:
             if name == "oracle":
                 (model, train_epochs), regression = oracle_trainer(seed, train), None
+            elif name in SPLIT_VARIANTS:
+                (model, train_epochs), regression = split_trainer(name, seed, train), None
             else:
                 model, train_epochs, regression = learner_trainer(name, seed, train)
             distances = []
@@ -197,26 +240,30 @@ def training_table(train, test, variants, seeds, epochs=50, every=10):
                 distances.append(scores(model, test, features, 0)[0]["PCA, means"])
             log_likelihoods = [test_log_likelihood(model, digits) for digits in (train[:len(test)], test)]
             settings = ["-", "-"] if regression is None else [bandwidth, float(regression.ridge)]
+            settings.append(float(model.scale))
             rows.append([name, seed, *distances, *log_likelihoods, *settings])
             print(name, seed, [round(d, 3) for d in distances], [round(v, 3) for v in log_likelihoods], flush=True)
     header = ["regression", "seed", *[f"FD, epoch {e}" for e in range(every, epochs + 1, every)],
-              f"train log p(x), epoch {epochs}", f"test log p(x), epoch {epochs}", "bandwidth", "lambda"]
+              f"train log p(x), epoch {epochs}", f"test log p(x), epoch {epochs}", "bandwidth", "lambda", "sigma"]
     return header, rows, ("Fréchet distance of the mean images to the test digits in PCA features "
                           "(`image_generation`'s FD PCA, means); log p(x): mean over the first 500 training digits "
                           "and the 500 test digits, importance-sampled (`ImageDecoderModel.estimate_log_marginal`, "
                           "2000 samples); bandwidth: the last epoch's mean, lambda: the last")
 
 
+NAMES = [*VARIANTS, "oracle", *SPLIT_VARIANTS]
+
+
 def main():
     parser = benchmark_parser(__doc__, "no quick size")
     parser.add_argument("--part", choices=("heldout", "variance", "training", "nearest"), default="heldout")
     parser.add_argument("--variants", type=lambda text: text.split(","), default=list(VARIANTS),
-                        help=f"--part training: comma-separated names from {[*VARIANTS, 'oracle']}")
+                        help=f"--part training: comma-separated names from {NAMES}")
     parser.add_argument("--seeds", type=lambda text: [int(seed) for seed in text.split(",")], default=[0])
     args = parser.parse_args()
-    unknown = [name for name in args.variants if name not in (*VARIANTS, "oracle")]
+    unknown = [name for name in args.variants if name not in NAMES]
     if unknown:
-        parser.error(f"--variants takes names from {[*VARIANTS, 'oracle']}. Received: {unknown}")
+        parser.error(f"--variants takes names from {NAMES}. Received: {unknown}")
     start = time.time()
     keras.utils.set_random_seed(0)
     images = load_digits()[0]
