@@ -23,6 +23,10 @@ same optimiser on the importance-sampled log-likelihood itself (`oracle_trainer`
 the mean over four sleep sets a step (a quarter of the variance, the same bias), or the noise scale's gradient
 taken at another lambda than the decoder weights'.
 
+`--part bias`: on the model trained 20 epochs, the bias and variance at the data of the amortised gradient (one
+minibatch, fixed regressions at two bandwidths and three lambdas) against the importance-sampled gradient, in the
+parameters' own metric and in the Fisher metric, and the noise scale's share.
+
     python -m benchmarks.image_regression --part training --variants fixed,learned,oracle --seeds 0
 
 A learning regression's bandwidth is floored at the sleep set's nearest-neighbour distance
@@ -143,6 +147,61 @@ def nearest_table(train):
             "Model trained with the fixed regression; distances in pixel space")
 
 
+BIAS_SETTINGS = ({}, {"ridge": 1e-5}, {"ridge": 1e-7}, {"bandwidth": 1.5}, {"bandwidth": 1.5, "ridge": 1e-5},
+                 {"bandwidth": 1.5, "ridge": 1e-7})
+
+
+def bias_table(train, num_sets=8, num_scores=400):
+    """Part `bias`: the amortised gradient at the data against the importance-sampled one, on the model trained 20
+    epochs with the fixed regression and one minibatch of 100 digits. Rows `[settings, bias^2, variance (both
+    relative to |g|^2), the same in the Fisher metric e^T F e (relative to g^T F g), the noise scale's gradient
+    (importance-sampled, amortised mean)]`, bias and variance over `num_sets` sleep sets; `F = E[s s^T]` from the
+    scores `s = grad log p(x, z)` of `num_scores` sleep samples."""
+    learner, model = make_learner("amortised-fixed", seed=0, num_sleep=1000)
+    learner.fit(train, batch_size=100, epochs=20, verbose=0)
+    variables, x = model.trainable_variables, tf.constant(train[:100])
+    scale_index = [index for index, variable in enumerate(variables) if variable is model.raw_scale][0]
+
+    def flat_gradient(loss_fn):
+        with tf.GradientTape() as tape:
+            loss = loss_fn()
+        gradients = tape.gradient(loss, variables)
+        return np.concatenate([np.reshape(g, -1) for g in gradients]), float(gradients[scale_index])
+
+    exact = [flat_gradient(lambda: -tf.reduce_mean(model.estimate_log_marginal(x, 2000, seed=(seed, 3))))
+             for seed in range(2)]
+    exact, exact_scale = np.mean([g for g, _ in exact], 0), np.mean([v for _, v in exact])
+    sample = estimator.sleep(model.joint_distribution(), num_scores, tf.constant([9, 9]))
+    with tf.GradientTape() as tape:
+        log_joint = model.joint_distribution().log_prob(sample["z"], sample["x"])
+    scores = np.concatenate([np.reshape(j, [num_scores, -1]) for j in tape.jacobian(log_joint, variables)], 1)
+
+    def fisher(vector):
+        return float(np.mean((scores @ vector) ** 2))
+
+    rows = []
+    for settings in BIAS_SETTINGS:
+        runs = [flat_gradient(lambda: amortised_step(
+            model.joint_distribution, x, num_sleep=1000, seed=[seed, 7], regression=KernelRidge(**settings),
+            form="conditional", held_out_error=False).loss) for seed in range(num_sets)]
+        gradients = np.array([g for g, _ in runs])
+        mean = gradients.mean(0)
+        variance = np.sum(np.var(gradients, 0, ddof=1))
+        variance_fisher = np.mean([fisher(g - mean) for g in gradients]) * num_sets / (num_sets - 1)
+        bias = mean - exact
+        label = f"bandwidth {settings.get('bandwidth', 'median')}, lambda {settings.get('ridge', 1e-3):g}"
+        rows.append([label, (bias @ bias - variance / num_sets) / (exact @ exact),
+                     variance / (exact @ exact), (fisher(bias) - variance_fisher / num_sets) / fisher(exact),
+                     variance_fisher / fisher(exact), exact_scale, np.mean([v for _, v in runs])])
+        print(rows[-1], flush=True)
+    header = ["regression", "bias^2 / |g|^2", "variance / |g|^2", "Fisher bias^2 / g^T F g", "Fisher variance",
+              "noise scale: importance-sampled gradient", "amortised mean"]
+    return header, rows, (f"Model trained 20 epochs with the fixed regression; 100 training digits; g: the gradient of "
+                          f"-mean log p(x), importance-sampled (2 x 2000 samples per digit); {num_sets} sleep sets "
+                          f"of 1000; Fisher metric from {num_scores} sleep samples' scores; bandwidth default: the "
+                          f"median heuristic")
+
+
 def minibatch_trainer(seed, train, gradients, batch_size=100):
     """Adam 3e-3 on shuffled minibatches of `batch_size` digits, as the learners train, from the learners' initial
     model, with `gradients(model, x, step_seed) -> gradients of model.trainable_variables`, compiled. Returns
@@ -256,7 +315,7 @@ NAMES = [*VARIANTS, "oracle", *SPLIT_VARIANTS]
 
 def main():
     parser = benchmark_parser(__doc__, "no quick size")
-    parser.add_argument("--part", choices=("heldout", "variance", "training", "nearest"), default="heldout")
+    parser.add_argument("--part", choices=("heldout", "variance", "training", "nearest", "bias"), default="heldout")
     parser.add_argument("--variants", type=lambda text: text.split(","), default=list(VARIANTS),
                         help=f"--part training: comma-separated names from {NAMES}")
     parser.add_argument("--seeds", type=lambda text: [int(seed) for seed in text.split(",")], default=[0])
@@ -274,6 +333,8 @@ def main():
         header, rows, caption = variance_table(train)
     elif args.part == "nearest":
         header, rows, caption = nearest_table(train)
+    elif args.part == "bias":
+        header, rows, caption = bias_table(train)
     else:
         header, rows, caption = training_table(train, test, args.variants, args.seeds)
     print(machine_header())
