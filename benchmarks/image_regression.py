@@ -152,11 +152,11 @@ BIAS_SETTINGS = ({}, {"ridge": 1e-5}, {"ridge": 1e-7}, {"bandwidth": 1.5}, {"ban
 
 
 def bias_table(train, num_sets=8, num_scores=400):
-    """Part `bias`: the amortised gradient at the data against the importance-sampled one, on the model trained 20
-    epochs with the fixed regression and one minibatch of 100 digits. Rows `[settings, bias^2, variance (both
-    relative to |g|^2), the same in the Fisher metric e^T F e (relative to g^T F g), the noise scale's gradient
-    (importance-sampled, amortised mean)]`, bias and variance over `num_sets` sleep sets; `F = E[s s^T]` from the
-    scores `s = grad log p(x, z)` of `num_scores` sleep samples."""
+    """Part `bias`: the amortised gradient at the data against the importance-sampled one `g`, on the model
+    trained 20 epochs with the fixed regression, at one minibatch of 100 digits. Rows `[regression, bias^2 and
+    variance relative to g.g, the same in the Fisher metric (e.F.e relative to g.F.g), the noise scale's
+    gradient: importance-sampled and amortised mean]`; bias and variance over `num_sets` sleep sets, `F = E[s
+    s^T]` from the scores `s = grad log p(x, z)` of `num_scores` sleep samples."""
     learner, model = make_learner("amortised-fixed", seed=0, num_sleep=1000)
     learner.fit(train, batch_size=100, epochs=20, verbose=0)
     variables, x = model.trainable_variables, tf.constant(train[:100])
@@ -170,7 +170,7 @@ def bias_table(train, num_sets=8, num_scores=400):
 
     exact = [flat_gradient(lambda: -tf.reduce_mean(model.estimate_log_marginal(x, 2000, seed=(seed, 3))))
              for seed in range(2)]
-    exact, exact_scale = np.mean([g for g, _ in exact], 0), np.mean([v for _, v in exact])
+    exact, exact_scale = np.mean([g for g, _ in exact], 0, dtype=np.float64), np.mean([v for _, v in exact])
     sample = estimator.sleep(model.joint_distribution(), num_scores, tf.constant([9, 9]))
     with tf.GradientTape() as tape:
         log_joint = model.joint_distribution().log_prob(sample["z"], sample["x"])
@@ -186,15 +186,15 @@ def bias_table(train, num_sets=8, num_scores=400):
             form="conditional", held_out_error=False).loss) for seed in range(num_sets)]
         gradients = np.array([g for g, _ in runs])
         mean = gradients.mean(0)
-        variance = np.sum(np.var(gradients, 0, ddof=1))
+        variance = float(np.sum(np.var(gradients, 0, ddof=1)))
         variance_fisher = np.mean([fisher(g - mean) for g in gradients]) * num_sets / (num_sets - 1)
-        bias = mean - exact
+        bias = (mean - exact).astype(np.float64)
         label = f"bandwidth {settings.get('bandwidth', 'median')}, lambda {settings.get('ridge', 1e-3):g}"
         rows.append([label, (bias @ bias - variance / num_sets) / (exact @ exact),
                      variance / (exact @ exact), (fisher(bias) - variance_fisher / num_sets) / fisher(exact),
                      variance_fisher / fisher(exact), exact_scale, np.mean([v for _, v in runs])])
         print(rows[-1], flush=True)
-    header = ["regression", "bias^2 / |g|^2", "variance / |g|^2", "Fisher bias^2 / g^T F g", "Fisher variance",
+    header = ["regression", "bias^2 / g.g", "variance / g.g", "Fisher: bias^2 / g.F.g", "Fisher: variance / g.F.g",
               "noise scale: importance-sampled gradient", "amortised mean"]
     return header, rows, (f"Model trained 20 epochs with the fixed regression; 100 training digits; g: the gradient of "
                           f"-mean log p(x), importance-sampled (2 x 2000 samples per digit); {num_sets} sleep sets "
