@@ -4,10 +4,11 @@ Rows are regression settings: `fixed` = `KernelRidge()` (median heuristic bandwi
 `KernelRidge(learn=True)` (log bandwidth and log ridge trained online on the held-out regression error, with
 `regression_optimizer=keras.optimizers.Adam(lr)`, and the default `variance_weight=0.1`: noise + bias^2 + 0.1
 variance); `learned-mse` = the same on the held-out mean squared error (`variance_weight=1.`, the authors'
-objective and this package's before 0.2; only in (b) when named in `--settings`); `learned-ard` = `KernelRidge(learn=True, ard=True)`; on the
-state-space model also the kernel on lag-0..5 autocovariances of the series (`*-acov`); in (b) also `selected` =
-`KernelRidge(bandwidth=1.)` whose bandwidth and lambda `SelectRegression(every=20)` chooses by exact leave-one-out
-error every 20 steps (`tfp_amortised.selection`). Both forms.
+objective and this package's before 0.2; only in (b) when named in `--settings`); `learned-ard` =
+`KernelRidge(learn=True, ard=True)`; on the state-space model also the kernel on lag-0..5 autocovariances of the
+series (`*-acov`); in (b) also `selected` = `KernelRidge(bandwidth=1.)` whose bandwidth and lambda
+`SelectRegression(every=20)` chooses by exact leave-one-out error every 20 steps (`tfp_amortised.selection`). Both
+forms.
 
 Three measurements, on six models with an exact `log_marginal`:
 

@@ -358,7 +358,8 @@ def test_autobatched_held_out_targets_equal_the_batched_ones(form, compile_fn):
     sample = sleep(variants["batched"](), 50, seed=[1, 2])
     fit, held_out = ({name: value[rows] for name, value in sample.items()} for rows in (slice(0, 40), slice(40, 50)))
     results = [compile_fn(lambda joint=variants[kind]: held_out_targets(
-        joint, fit, held_out, "x", form, [logits, means], tf.constant([3, 4])))() for kind in ("autobatched", "batched")]
+        joint, fit, held_out, "x", form, [logits, means], tf.constant([3, 4])))()
+        for kind in ("autobatched", "batched")]
     shapes = ([10, 40, 2] if form == "conditional" else [40, 2], [10, 2])  # fitted [H, N, K] or [N, K]; target [H, K]
     for autobatched, batched, shape in zip(*results, shapes):
         assert autobatched.shape == batched.shape == shape

@@ -80,8 +80,8 @@ def test_savedmodel_endpoints_in_a_fresh_process(tmp_path):
 def test_posterior_mean_through_keras_tfsm_layer(tmp_path):
     """`keras.layers.TFSMLayer(..., call_endpoint="posterior_mean")` gives the mixture's class probabilities.
 
-    Two components: `z_probabilities[:, 1] = p(z = 1 | x)`, exact by Bayes' rule. Ridge regression of a {0, 1} label from
-    1000 sleep pairs: measured RMSE 0.03 against the exact responsibilities; tolerance 0.08.
+    Two components: `z_probabilities[:, 1] = p(z = 1 | x)`, exact by Bayes' rule. Ridge regression of a {0, 1} label
+    from 1000 sleep pairs: measured RMSE 0.03 against the exact responsibilities; tolerance 0.08.
     """
     model = GaussianMixtureModel(2, 2, scale=0.7, seed=2)
     learner = AmortisedLearner(model, num_sleep=NUM_STORED, seed=3, form="joint", regression=KernelRidge())

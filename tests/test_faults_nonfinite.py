@@ -93,7 +93,8 @@ def test_a_nan_gradient_skips_the_step_and_is_not_counted_as_invalid_data(data, 
     learner.fit(data, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
     before = _state(learner)
     learner.generative_model.poison.assign(1.)
-    with pytest.warns(RuntimeWarning, match="epoch 1: 5 training steps, 0 for their batch.*NaN or infinite loss or gradient"):
+    with pytest.warns(RuntimeWarning,
+                      match="epoch 1: 5 training steps, 0 for their batch.*NaN or infinite loss or gradient"):
         history = learner.fit(data, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
     _assert_same_state(_state(learner), before)
     assert int(learner.optimizer.iterations) == GOOD_BATCHES

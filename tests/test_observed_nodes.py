@@ -159,9 +159,9 @@ def test_fit_reaches_exact_gradient_ascent():
     gradient ascent on the exact log-likelihood does, far above the start."""
     data = _data(256, seed=(7, 8))
     results = {}
+    amortised = {"num_sleep": 500, "num_holdout": 0, "form": "joint", "regression": KernelRidge()}
     for name, learner_class, kwargs in (("exact", ExactGradientLearner, {}),
-                                        ("amortised", AmortisedLearner, {"num_sleep": 500, "num_holdout": 0, "form": "joint",
-                                                                         "regression": KernelRidge()})):
+                                        ("amortised", AmortisedLearner, amortised)):
         model = TwoViewModel(a=0.3, b=(0.1, -0.2), s=1.5, t=(1.2, 1.2))
         learner = learner_class(model, seed=1, **kwargs)
         learner.compile(optimizer=keras.optimizers.Adam(0.05))

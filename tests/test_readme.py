@@ -18,7 +18,8 @@ def test_usage_example_trains_and_answers(tmp_path, monkeypatch):
     estimator = _block_containing("surrogate_log_marginal(model.joint_distribution, x_batch")
     x = np.random.default_rng(0).normal(size=[400, 2]).astype(np.float32) + np.array([[2., 0.]], np.float32)
     namespace = {"x_train": x[:300], "x_test": x[300:]}
-    exec(usage.replace("epochs=20", "epochs=1").replace("num_sleep=1000", "num_sleep=200"), namespace)  # pylint: disable=exec-used
+    quick = usage.replace("epochs=20", "epochs=1").replace("num_sleep=1000", "num_sleep=200")
+    exec(quick, namespace)  # pylint: disable=exec-used
     responsibilities = namespace["learner"].posterior_expectation(namespace["x_test"], lambda s: tf.one_hot(s["z"], 3))
     assert responsibilities.shape == [100, 3]
     # Ridge estimates of probabilities: rows sum to at most about 1 (less where the barely trained model's
@@ -33,7 +34,8 @@ def test_usage_example_trains_and_answers(tmp_path, monkeypatch):
     # The monitoring example: early stopping, the best checkpoint and TensorBoard on val_log_likelihood.
     monkeypatch.chdir(tmp_path)
     namespace["x_val"] = x[300:]
-    exec(_block_containing("val_log_likelihood").replace("epochs=100", "epochs=2"), namespace)  # pylint: disable=exec-used
+    quick = _block_containing("val_log_likelihood").replace("epochs=100", "epochs=2")
+    exec(quick, namespace)  # pylint: disable=exec-used
     assert (tmp_path / "best.keras").exists() and any((tmp_path / "logs").rglob("*.v2"))
 
 

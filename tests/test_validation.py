@@ -299,8 +299,9 @@ def test_ridge_r2_is_not_logged_without_held_out_samples(learner):
 
 
 @pytest.mark.parametrize("validation", [False, True], ids=["measured_at_end", "validation"])
-@pytest.mark.parametrize("regression", [KernelRidge(bandwidth=1e-10), KernelRidge(bandwidth=1e10),
-                                        KernelRidge(ridge=1e36)], ids=["tiny_bandwidth", "huge_bandwidth", "huge_ridge"])
+@pytest.mark.parametrize("regression",
+                         [KernelRidge(bandwidth=1e-10), KernelRidge(bandwidth=1e10), KernelRidge(ridge=1e36)],
+                         ids=["tiny_bandwidth", "huge_bandwidth", "huge_ridge"])
 def test_a_regression_that_explains_nothing_is_named_after_fit(regression, validation):
     """Accepted values that make the estimate meaningless (each sleep point its own island, all points alike, every
     weight zero) leave the held-out R^2 at or below 0: `fit` warns, naming the hyperparameters, from

@@ -9,8 +9,8 @@ differentiates only the log-joint of its own samples, weighted by its own column
 
 so the all-reduced (summed) gradient is the gradient of the single-device loss on the global sleep set, and
 the `M x N` log-density terms are split between the replicas. Dividing by the global batch `M` (the wake
-rows are all-gathered too) is the `1 / R` loss scaling that Keras' summing of replica gradients expects. Outside a strategy (or with one replica) every
-function here is the identity, and the seed is not folded.
+rows are all-gathered too) is the `1 / R` loss scaling that Keras' summing of replica gradients expects. Outside
+a strategy (or with one replica) every function here is the identity, and the seed is not folded.
 """
 
 import tensorflow as tf

@@ -530,7 +530,8 @@ def ridge_expectation(sleep_x, query_x, values, regression=None):
     """
     values = tf.convert_to_tensor(values)
     if not (values.dtype.is_floating or values.dtype.is_integer or values.dtype.is_bool):
-        raise TypeError(f"values must hold numbers, one row per sleep sample. Received: values.dtype={values.dtype.name}")
+        raise TypeError("values must hold numbers, one row per sleep sample. "
+                        f"Received: values.dtype={values.dtype.name}")
     sleep_x = _observations.as_tensor(sleep_x, "sleep_x")
     num_sleep = tf.nest.flatten(sleep_x)[0].shape[:1]
     if values.shape.rank == 0 or not values.shape[:1].is_compatible_with(num_sleep):

@@ -92,8 +92,8 @@ def conditioning_message(condition, ridge, dtype, escalate):
               "(KernelRidge(dtype='float64')) or a larger ridge")
     return (f"The kernel ridge system is too ill-conditioned for {precision}: condition number about "
             f"{float(condition):.3g} with ridge={float(ridge):.3g}, so the weights may be wrong in their leading "
-            f"digits (condition x eps >= {CONDITION_TOLERANCE}). Small ridges on duplicated (discrete) observations do this. "
-            f"Use {advice}: condition <= 1 + 1 / ridge for a unit-amplitude kernel.")
+            f"digits (condition x eps >= {CONDITION_TOLERANCE}). Small ridges on duplicated (discrete) observations "
+            f"do this. Use {advice}: condition <= 1 + 1 / ridge for a unit-amplitude kernel.")
 
 
 def check_settings(kernel=DEFAULTS["kernel"], bandwidth=DEFAULTS["bandwidth"], ridge=DEFAULTS["ridge"],
@@ -145,8 +145,8 @@ def check_memory(num_sleep, dtype, solver):
         raise ValueError(
             f"The exact ridge solve for num_sleep={num_sleep} needs about {needed / 2**30:.0f} GiB (three "
             f"{num_sleep} x {num_sleep} {tf.as_dtype(dtype).name} matrices), more than this machine's "
-            f"{available / 2**30:.0f} GiB: use KernelRidge(solver='random_features') or solver='nystrom', whose cost is "
-            f"linear in num_sleep, or fewer sleep samples. Received: num_sleep={num_sleep}")
+            f"{available / 2**30:.0f} GiB: use KernelRidge(solver='random_features') or solver='nystrom', whose cost "
+            f"is linear in num_sleep, or fewer sleep samples. Received: num_sleep={num_sleep}")
 
 
 def flatten_events(x, event_ndims=None):

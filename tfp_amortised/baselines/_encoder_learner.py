@@ -189,8 +189,9 @@ class EncoderLearner(Learner):
             expected, received = reference[name], z[name]
             if received.dtype != expected.dtype or received.shape[1:] != expected.shape[1:]:
                 raise ValueError(
-                    f"encoder(x) must give the latent {name!r} the model's dtype and event shape ({expected.dtype.name}, "
-                    f"{expected.shape[1:]}). Received: {received.dtype.name}, {received.shape[1:]}")
+                    f"encoder(x) must give the latent {name!r} the model's dtype and event shape "
+                    f"({expected.dtype.name}, {expected.shape[1:]}). "
+                    f"Received: {received.dtype.name}, {received.shape[1:]}")
             if _is_discrete(model_nodes[name]) and not _is_discrete(encoder_nodes[name]):
                 raise ValueError(
                     f"The model's latent {name!r} is discrete ({_kind(model_nodes[name])}) but the encoder gives it a "
