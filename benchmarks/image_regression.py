@@ -193,7 +193,7 @@ def bias_table(train, num_sets=8, num_scores=400):
         rows.append([label, (bias @ bias - variance / num_sets) / (exact @ exact),
                      variance / (exact @ exact), (fisher(bias) - variance_fisher / num_sets) / fisher(exact),
                      variance_fisher / fisher(exact), exact_scale, np.mean([v for _, v in runs])])
-        print(rows[-1], flush=True)
+        print(f"{label}: done", flush=True)
     header = ["regression", "bias^2 / g.g", "variance / g.g", "Fisher: bias^2 / g.F.g", "Fisher: variance / g.F.g",
               "noise scale: importance-sampled gradient", "amortised mean"]
     return header, rows, (f"Model trained 20 epochs with the fixed regression; 100 training digits; g: the gradient of "
