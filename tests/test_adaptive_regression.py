@@ -102,7 +102,7 @@ def test_variance_weight_is_checked_saved_and_one_for_older_files():
         KernelRidge(learn=True, variance_weight=1.5)
     with pytest.raises(ValueError, match="Received: variance_weight='low'"):
         KernelRidge(learn=True, variance_weight="low")
-    assert KernelRidge(learn=True).variance_weight == 0.1
+    assert KernelRidge(learn=True).variance_weight == 1.
     config = KernelRidge(learn=True, variance_weight=0.3).get_config()
     assert KernelRidge.from_config(config).variance_weight == 0.3
     del config["variance_weight"]  # a layer saved before the argument existed learned on the squared error
@@ -118,8 +118,9 @@ def test_regression_loss_gradient_matches_finite_differences(parameter, solver):
     sleep_x, held_x = rng.normal(size=[60, 2]), rng.normal(size=[20, 2])
     fitted = np.sin(2. * sleep_x[:, :1]) + 0.1 * rng.normal(size=[60, 1])
     target = np.sin(2. * held_x[:, :1]) + 0.1 * rng.normal(size=[20, 1])
-    regression = KernelRidge(learn=True, bandwidth=0.7, ridge=1e-2, dtype="float64", solver=solver, num_features=64,
+    regression = KernelRidge(learn=True, bandwidth=0.7, ridge=0.1, dtype="float64", solver=solver, num_features=64,
                              num_inducing=16)
+    regression.log_ridge.assign(np.log(1e-2))  # below the cap (the starting ridge 0.1), where lambda is smooth
     variable = getattr(regression, parameter)
 
     def loss():
@@ -336,7 +337,7 @@ def test_the_learner_defaults_to_a_learning_regression_in_the_conditional_form()
     """The defaults chosen by benchmarks/regression_quality (issue 11); a saved learner keeps its own settings."""
     learner = AmortisedLearner(FactorAnalysisModel(1, 2, seed=1), num_sleep=16)
     assert learner.form == "conditional"
-    assert learner.regression.learn and not learner.regression.ard and learner.regression.variance_weight == 0.1
+    assert learner.regression.learn and not learner.regression.ard and learner.regression.variance_weight == 1.
     config = AmortisedLearner(FactorAnalysisModel(1, 2, seed=1), num_sleep=16, form="joint",
                               regression=KernelRidge()).get_config()
     restored = AmortisedLearner.from_config(config)
@@ -432,6 +433,41 @@ def test_a_learned_bandwidth_is_floored_at_the_nearest_neighbour_distance(ard):
             np.testing.assert_allclose(weights, fixed, rtol=1e-6, atol=1e-7)
             np.testing.assert_allclose(gradient, np.minimum(expected, 0.) if floored else expected, rtol=1e-6)
         assert signs == {-1., 1.}  # both cases met
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_learned_ridge_is_capped_at_its_starting_value(dtype):
+    """Set above its starting value `ridge`, a learned ridge gives the weights of the fixed ridge and the gradient
+    of the ridge used where descent would lower it, 0 where it would raise it; below the cap it is the ridge as
+    learned, with its gradient, of either sign. A fixed ridge is not capped."""
+    rng = np.random.default_rng(1)
+    sleep_x, query_x = rng.normal(size=[300, 2]), rng.normal(size=[6, 2])
+    start = 1e-3
+    for value, capped in ((8. * start, True), (0.05 * start, False)):
+        regression = KernelRidge(learn=True, bandwidth=0.7, ridge=start, dtype=dtype)
+        regression.log_ridge.assign(np.log(value))
+        used = tf.Variable(np.log(start if capped else value), dtype=dtype)
+        signs = set()
+        for sign in (1., -1.):
+            upstream = tf.constant(sign * rng.normal(size=[6, 300]), dtype)
+            with tf.GradientTape() as tape:
+                total = tf.reduce_sum(regression(sleep_x, query_x) * upstream)
+            gradient = float(tape.gradient(total, regression.log_ridge))
+            with tf.GradientTape() as tape:
+                fixed = kernel_ridge_weights(tf.constant(sleep_x, dtype), tf.constant(query_x, dtype),
+                                             bandwidth=0.7, ridge=tf.exp(used))[0]
+                fixed_total = tf.reduce_sum(fixed * upstream)
+            expected = float(tape.gradient(fixed_total, used))
+            signs.add(np.sign(expected))
+            tolerance = {"float32": 2e-3, "float64": 1e-6}[dtype]
+            np.testing.assert_allclose(regression.ridge, np.exp(used.numpy()), rtol=tolerance)
+            np.testing.assert_allclose(regression(sleep_x, query_x), fixed, rtol=tolerance, atol=tolerance)
+            assert np.isclose(gradient, max(expected, 0.) if capped else expected, rtol=tolerance,
+                              atol=tolerance * abs(expected))
+        assert signs == {-1., 1.}  # both cases met
+    fixed = KernelRidge(bandwidth=0.7, ridge=start)
+    fixed.log_ridge.assign(np.log(8. * start))  # as select_regression writes it
+    np.testing.assert_allclose(fixed.ridge, 8. * start, rtol=1e-6)
 
 
 def test_the_floor_keeps_the_gradient_finite_on_duplicated_observations():

@@ -55,7 +55,7 @@ KERNELS = {
 }
 
 DEFAULTS = {"kernel": "gaussian", "bandwidth": "median", "ridge": 1e-3, "bandwidth_subsample": 512,
-            "solver": "auto", "intercept": False, "learn": False, "variance_weight": 0.1}
+            "solver": "auto", "intercept": False, "learn": False, "variance_weight": 1.}
 DEFAULT_RIDGE = DEFAULTS["ridge"]
 
 
@@ -463,23 +463,26 @@ class KernelRidge(keras.layers.Layer):
         ridge and the weights of a Keras `features` layer (a deep kernel) trainable. They start from the median
         heuristic (`initialise`, on the learner's first sleep set) or the fixed `bandwidth`, and from `ridge`, and
         `AmortisedLearner` trains them each step, with its own `regression_optimizer`, on the held-out error of
-        the regression (`amortised_step`'s `regression_loss`), as the authors' code does, with the variance part
-        of that error weighted by `variance_weight`. The bandwidth used is never below the sleep set's
-        `nearest_neighbour_distance` (for ARD, the length scales are scaled up together): on the 8 x 8 digits
-        the held-out error drove it to half that distance, where the kernel barely reaches any sleep sample,
-        and the decoder trained worse (`benchmarks/RESULTS.md`, issue 11).
+        the regression (`amortised_step`'s `regression_loss`), as the authors' code does. Two bounds keep them
+        where the gradient is unbiased enough to train on (`benchmarks/RESULTS.md`, issue 11):
+        - the bandwidth used is never below the sleep set's `nearest_neighbour_distance` (for ARD, the length
+          scales are scaled up together): on the 8 x 8 digits the held-out error drove it to half that distance,
+          where the kernel barely reaches any sleep sample, and the decoder trained worse;
+        - the ridge used is never above its starting value `ridge`: a larger one lowers the held-out error by
+          lowering the estimate's variance, which learning averages over steps anyway, and biases every step the
+          same way (on a sigmoid belief network, conditional form, the uncapped ridge rose to 3-4x its start and
+          training ended 0.050 nats per point below the exact-gradient oracle; capped, 0.006, 5 seeds).
       ard: with `learn=True`, one length scale per input dimension of the kernel (automatic relevance
         determination): the kernel compares `x / l` and `y / l` with unit length scale, so every solver supports
         it. The length scales are created at the first call (or `initialise`), when the input size is known.
       variance_weight: with `learn=True`, the weight `w` in `[0, 1]` of the estimate's variance against its
         squared bias in the objective the hyperparameters learn on: the held-out squared error is noise + bias^2 +
-        variance, and the objective is noise + bias^2 + `w` variance (`estimator.split_half_variance`). `w = 1` is
-        the held-out mean squared error (the authors' objective; files saved before this argument existed load
-        with it). The default 0.1 favours less biased regressions, since learning averages the estimate's
-        variance over about `1 / w` steps but not its bias: with `w = 1` the learned ridge drifted to 3-4x the
-        default on a sigmoid belief network (conditional form) and training ended 0.050 nats from the
-        exact-gradient oracle, +0.0002 with 0.1 (2 seeds, `benchmarks/RESULTS.md`, issue 11). It costs two more
-        solves of `N / 2` per learning step.
+        variance, and the objective is noise + bias^2 + `w` variance (`estimator.split_half_variance`). The
+        default `w = 1` is the held-out mean squared error (the authors' objective). A smaller `w` favours less
+        biased regressions, since learning averages the estimate's variance over steps but not its bias, and costs
+        two more solves of `N / 2` per learning step; but then the learned ridge can run away downwards: with
+        `w = 0.1` it fell to about 6e-8 on the 8 x 8 digits, where
+        the pixel noise scale's gradient is biased at small ridges, and the decoder degraded (issue 11).
       escalate: True (default) to solve again in float64 a float32 system too ill-conditioned for float32 (small
         ridges on duplicated, discrete observations; the cost, a float64 factorisation, is paid only then); False
         to keep float32 (on hardware with slow float64), with a `RegressionWarning` eagerly and the `condition`
@@ -581,8 +584,10 @@ class KernelRidge(keras.layers.Layer):
 
     @property
     def ridge(self):
-        """Scalar `Tensor`: the regulariser `lam`."""
-        return tf.exp(self.log_ridge)
+        """Scalar `Tensor` of the compute dtype: the regulariser `lam` used, a learned one capped at its starting
+        value `ridge` (`_capped`)."""
+        ridge = tf.exp(tf.cast(self.log_ridge, self.compute_dtype))
+        return _capped(ridge, tf.constant(self.initial_ridge, self.compute_dtype)) if self.learn else ridge
 
     @property
     def is_initialised(self):
@@ -652,7 +657,7 @@ class KernelRidge(keras.layers.Layer):
         weights, diagnostics = kernel_ridge_weights(
             sleep_x, query_x, kernel=self.kernel_name,
             bandwidth=tf.ones([], self.compute_dtype) if self.ard else bandwidth,
-            ridge=tf.exp(tf.cast(self.log_ridge, self.compute_dtype)), solver=self.solver,
+            ridge=self.ridge, solver=self.solver,
             bandwidth_subsample=self.bandwidth_subsample, intercept=self.intercept, escalate=self.escalate,
             **self._solver_options())
         if self.ard:
@@ -742,6 +747,19 @@ def _raised(bandwidth, scale):
         return tf.where((scale > 1.) & (straight > 0.), tf.zeros_like(straight), straight), None
 
     return bandwidth * scale, gradient
+
+
+@tf.custom_gradient
+def _capped(ridge, cap):
+    """`min(ridge, cap)` for a constant `cap > 0` (`KernelRidge.ridge`). Gradient to `ridge`: `upstream` below the
+    cap; above it, `upstream cap / ridge` (the gradient of the log ridge is that of the log ridge used), but 0 where
+    descent would raise `ridge`. So a learned ridge does not drift away above the cap, and leaves it as soon as the
+    objective asks for a smaller one (the mirror image of `_raised`)."""
+    def gradient(upstream):
+        straight = upstream * tf.minimum(cap / ridge, tf.ones_like(ridge))
+        return tf.where((ridge >= cap) & (straight < 0.), tf.zeros_like(straight), straight), None
+
+    return tf.minimum(ridge, cap), gradient
 
 
 def _real_batches(sleep_x, query_x, dtype):
