@@ -75,10 +75,12 @@ def nearest_distance(sleep_x, query_x):
 
 
 # name: (KernelRidge arguments, the hyperparameters that learn); "-w1": variance weight 1 (the held-out mean squared
-# error) instead of the default 0.1
+# error), the default since the ridge cap, so the plain names mean it too; tables made before the cap have plain
+# names with the earlier default 0.1, which "learned-w0.1" keeps
 VARIANTS = {"fixed": ({}, ()),
             "learned": ({"learn": True}, ("log_bandwidth", "log_ridge")),
             "learned-w1": ({"learn": True, "variance_weight": 1.}, ("log_bandwidth", "log_ridge")),
+            "learned-w0.1": ({"learn": True, "variance_weight": 0.1}, ("log_bandwidth", "log_ridge")),
             "bandwidth": ({"learn": True}, ("log_bandwidth",)),
             "bandwidth-w1": ({"learn": True, "variance_weight": 1.}, ("log_bandwidth",)),
             "ridge": ({"learn": True}, ("log_ridge",)),
