@@ -5,7 +5,8 @@ Rows are regression settings: `fixed` = `KernelRidge()` (median heuristic bandwi
 authors' objective, with `regression_optimizer=keras.optimizers.Adam(lr)`; the ridge capped at its start 1e-3);
 `learned-mse` = the same, named explicitly (`variance_weight=1.`, the default since the cap; tables made before
 it have `learned` rows with `variance_weight=0.1`); `learned-w0.1` = noise + bias^2 + 0.1 variance
-(`variance_weight=0.1`); the last two only in (b) when named in `--settings`; `learned-ard` =
+(`variance_weight=0.1`); `learned-r<lambda>` = learned from (and capped at) another starting ridge, e.g.
+`learned-r1e-5`; the last three only in (b) when named in `--settings`; `learned-ard` =
 `KernelRidge(learn=True, ard=True)`; on the state-space model also the kernel on lag-0..5 autocovariances of the
 series (`*-acov`); in (b) also `selected` = `KernelRidge(bandwidth=1.)` whose bandwidth and lambda
 `SelectRegression(every=20)` chooses by exact leave-one-out error every 20 steps (`tfp_amortised.selection`). Both
@@ -91,6 +92,14 @@ class AutocovarianceFeatures(keras.layers.Layer):
         return {**super().get_config(), "max_lag": self.max_lag}
 
 
+def _is_ridge_start(setting):
+    """Whether `setting` is `learned-r<number>`: learned from that starting ridge."""
+    try:
+        return setting.startswith("learned-r") and float(setting[len("learned-r"):]) > 0.
+    except ValueError:
+        return False
+
+
 def regression_layer(setting, **options):
     """The `KernelRidge` of a setting name: fixed, learned, learned-ard, selected; `-acov` for the series features.
 
@@ -110,6 +119,8 @@ def regression_layer(setting, **options):
         return KernelRidge(learn=True, variance_weight=1., **options)
     if setting == "learned-w0.1":  # noise + bias^2 + 0.1 variance
         return KernelRidge(learn=True, variance_weight=0.1, **options)
+    if setting.startswith("learned-r"):  # another starting ridge (and so cap), e.g. learned-r1e-5
+        return KernelRidge(learn=True, ridge=float(setting[len("learned-r"):]), **options)
     return KernelRidge(learn=True, ard=setting == "learned-ard", **options)
 
 
@@ -431,6 +442,7 @@ def learning_runs(problem):
     settings = ["fixed", "learned"] + (["learned-ard"] if ARD_IN_LEARNING and 1 < problem.data_dim <= 20 else [])
     settings += [name for name in problem.extra_settings if name.startswith("learned")] + ["selected"]
     settings += ["learned-mse", "learned-w0.1"] if LEARNING_SETTINGS is not None else []
+    settings += [name for name in LEARNING_SETTINGS or () if name.startswith("learned-r")]
     return [(setting, form) for setting in settings if LEARNING_SETTINGS is None or setting in LEARNING_SETTINGS
             for form in LEARNING_FORMS]
 
@@ -653,8 +665,9 @@ def main():
                         "when it runs, else 0.1)")
     parser.add_argument("--learning-ard", action="store_true", help="also learn with learned-ard in (b)")
     parser.add_argument("--settings", default=None, help="comma-separated subset of (b)'s settings: fixed, learned, "
-                        "learned-mse, learned-ard, learned-acov, selected (default: all but learned-mse; the oracle "
-                        "always runs)")
+                        "learned-mse, learned-w0.1, learned-r<lambda> (e.g. learned-r1e-5), learned-ard, "
+                        "learned-acov, selected (default: all but learned-mse, learned-w0.1 and learned-r*; the "
+                        "oracle always runs)")
     parser.add_argument("--tolerance", type=float, default=None, help="SelectRegression's tolerance in standard "
                         "errors for the selected setting of (b) (default 1; 0: re-select the arg-min every time)")
     parser.add_argument("--select-every", type=int, default=20, help="steps between the selected setting's "
@@ -682,8 +695,8 @@ def main():
     ARD_IN_LEARNING = args.learning_ard or args.settings is not None and "learned-ard" in args.settings.split(",")
     if args.settings:
         LEARNING_SETTINGS = tuple(args.settings.split(","))
-        unknown = set(LEARNING_SETTINGS) - {"fixed", "learned", "learned-mse", "learned-w0.1", "learned-ard",
-                                           "learned-acov", "selected"}
+        unknown = {name for name in LEARNING_SETTINGS if not _is_ridge_start(name)} - {
+            "fixed", "learned", "learned-mse", "learned-w0.1", "learned-ard", "learned-acov", "selected"}
         if unknown:
             parser.error(f"--settings: unknown {sorted(unknown)}. Received: --settings={args.settings}")
     LEARNING_FORMS = tuple(args.forms.split(","))

@@ -44,7 +44,7 @@ def _block_containing(text):
 
 
 def test_image_generation_example_learns_digits():
-    block = _block_containing("load_digits()").replace("epochs=10", "epochs=4").replace(
+    block = _block_containing("load_digits()").replace("epochs=10", "epochs=6").replace(
         "print(frechet_distance", "distance = (frechet_distance")
     namespace = {}
     exec(block, namespace)  # pylint: disable=exec-used
@@ -53,7 +53,7 @@ def test_image_generation_example_learns_digits():
     baseline = namespace["frechet_distance"](features(untrained.decode(tf.random.stateless_normal([1000, 8], [0, 1])),
                                                       namespace["train"], 16),
                                              features(namespace["test"], namespace["train"], 16))
-    # Measured: 4.8 untrained, about 1 after 4 epochs (0.75 after 10); the training digits themselves score 0.11.
+    # Measured: 4.8 untrained, 1.6 after 6 epochs (2.0 after 4, 1.1 after 10); the training digits score 0.11.
     assert float(namespace["distance"]) < 0.4 * float(baseline)
 
 
