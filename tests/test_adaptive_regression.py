@@ -211,25 +211,20 @@ def test_learned_hyperparameters_lower_the_held_out_error_and_the_gradient_error
     assert gradient_error(learned) < 0.2 * gradient_error(initial)
 
 
-def test_a_learning_bandwidth_computes_the_median_only_until_initialised(monkeypatch):
-    """The median heuristic is the bandwidth of a learning layer's calls until `initialise`; after it, it is not
-    computed (a `tf.cond`: counted eagerly, where only the branch taken runs), and the weights are those of the
-    learned bandwidth."""
-    median, calls = ridge_module.median_bandwidth, []
-    monkeypatch.setattr(ridge_module, "median_bandwidth", lambda *args: calls.append(1) or median(*args))
+def test_a_learning_bandwidth_is_the_median_until_initialised():
+    """The median heuristic is the bandwidth of a learning layer's calls until `initialise`; after it, the weights
+    are those of the learned bandwidth."""
     rng = np.random.default_rng(3)
     sleep_x, query_x = (rng.normal(size=[n, 2]).astype(np.float32) for n in (100, 7))
     regression = KernelRidge(learn=True)
-    start = float(median(sleep_x - sleep_x.mean(0)))
+    start = float(ridge_module.median_bandwidth(sleep_x - sleep_x.mean(0)))
     np.testing.assert_allclose(regression(sleep_x, query_x), KernelRidge(bandwidth=start)(sleep_x, query_x),
                                rtol=1e-4, atol=1e-6)
-    assert len(calls) == 1
     regression.initialise(sleep_x)
+    np.testing.assert_allclose(regression.bandwidth, start, rtol=1e-6)
     regression.log_bandwidth.assign(np.log(0.5))
-    calls.clear()
     np.testing.assert_allclose(regression(sleep_x, query_x), KernelRidge(bandwidth=0.5)(sleep_x, query_x),
                                rtol=1e-4, atol=1e-6)
-    assert not calls
 
 
 def test_ard_learns_a_long_length_scale_for_an_irrelevant_dimension():
@@ -401,25 +396,31 @@ def test_nearest_neighbour_distance_matches_numpy(num_rows, subsample, dtype):
 
 
 @pytest.mark.parametrize("ard", [False, True])
-def test_a_learned_bandwidth_is_floored_at_the_nearest_neighbour_distance(ard):
-    """Set below the sleep set's nearest-neighbour distance `d`, a learned bandwidth gives the weights of the fixed
-    bandwidth `d` (ARD: length scales scaled up together until `d(x / l) = 1`) and the gradient of the bandwidth
-    used where descent would raise it, 0 where it would lower it; above the floor it is the bandwidth as learned,
-    with its gradient, of either sign."""
+@pytest.mark.parametrize("bound", ["floor", "cap"])
+def test_a_learned_bandwidth_is_held_between_the_nearest_neighbour_distance_and_the_median(bound, ard):
+    """Set below the sleep set's nearest-neighbour distance `d` (or above its median heuristic `m`), a learned
+    bandwidth gives the weights of the fixed bandwidth `d` (`m`) (ARD: length scales scaled together until
+    `d(x / l) = 1`, `m(x / l) = 1`) and the gradient of the bandwidth used where descent would move it back
+    inside, 0 where it would push it further out; inside both it is the bandwidth as learned, with its gradient,
+    of either sign."""
     rng = np.random.default_rng(0)
     sleep_x, query_x = rng.normal(size=[400, 2]), rng.normal(size=[7, 2])
-    floor = float(nearest_neighbour_distance(tf.constant(sleep_x)))
     ratios = np.array([1., 3.]) if ard else np.ones([1])
-    for scale, floored in ((0.3 * floor, True), (5. * floor, False)):
+    inputs = tf.constant(sleep_x / ratios)
+    limit = {"floor": float(nearest_neighbour_distance(inputs)),
+             "cap": float(ridge_module.median_bandwidth(inputs - tf.reduce_mean(inputs, 0)))}[bound]
+    outside = {"floor": 0.3, "cap": 4.}[bound]
+    inside = float(np.sqrt(limit * {"floor": 5., "cap": 0.2}[bound] * limit))  # within both bounds
+    for scale, bound_binds in ((outside * limit, True), (inside, False)):
         regression = KernelRidge(learn=True, ard=ard, bandwidth=1., dtype="float64")
         if ard:
             regression.build(sleep_x.shape)
         regression.log_bandwidth.assign(tf.reshape(np.log(scale * ratios), regression.log_bandwidth.shape))
-        used_scale = float(nearest_neighbour_distance(tf.constant(sleep_x / ratios))) if floored else scale
+        used_scale = limit if bound_binds else scale
         used = tf.Variable(np.log(used_scale * ratios) if ard else np.log(used_scale))
-        signs = set()
+        signs, noise = set(), rng.normal(size=[7, 400])
         for sign in (1., -1.):
-            upstream = sign * rng.normal(size=[7, 400])
+            upstream = sign * noise
             with tf.GradientTape() as tape:
                 weights, diagnostics = regression(sleep_x, query_x, return_diagnostics=True)
                 total = tf.reduce_sum(weights * upstream)
@@ -431,7 +432,9 @@ def test_a_learned_bandwidth_is_floored_at_the_nearest_neighbour_distance(ard):
             signs.update(np.sign(expected).ravel())
             np.testing.assert_allclose(diagnostics.bandwidth, np.exp(used.numpy()), rtol=1e-10)
             np.testing.assert_allclose(weights, fixed, rtol=1e-6, atol=1e-7)
-            np.testing.assert_allclose(gradient, np.minimum(expected, 0.) if floored else expected, rtol=1e-6)
+            # Descent moves log l by -gradient: at the floor only raising it passes, at the cap only lowering it.
+            kept = {"floor": np.minimum, "cap": np.maximum}[bound](expected, 0.)
+            np.testing.assert_allclose(gradient, kept if bound_binds else expected, rtol=1e-6)
         assert signs == {-1., 1.}  # both cases met
 
 

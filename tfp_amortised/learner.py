@@ -321,7 +321,7 @@ class _RegressionQualityCheck(keras.callbacks.Callback):
     below `RIDGE_R2_WARNING`, naming the hyperparameters and what to try. The R^2 is the epoch's mean
     `val_ridge_r2`, else its `ridge_r2` (logged in training by a learning regression), else one evaluation step's
     on a fresh sleep set of the evaluation stream (the wake points do not enter it); the bandwidth named is the one
-    used there (a learned one may sit on its floor), not the layer's variable."""
+    used there (a learned one may sit on a bound), not the layer's variable."""
 
     def __init__(self):
         super().__init__()
