@@ -25,7 +25,7 @@ def deep_features(event_shape, hidden_units=64, num_features=16, seed=0):
 
 def regression(setting, event_shape, seed=0):
     """The `KernelRidge` of a setting: `"fixed"` (median heuristic, lambda 1e-3), `"learned"` (`learn=True`, the
-    learner's default: on the held-out mean squared error, the ridge capped at its start), `"learned-w1"` (the same,
+    learner's default: on the held-out mean squared error, within `learn`'s bounds), `"learned-w1"` (the same,
     named explicitly: `learn=True, variance_weight=1.`) or
     `"deep"` (`learn=True` on `deep_features` of the observations, whose weights it learns)."""
     if setting == "fixed":

@@ -2,7 +2,8 @@
 
 Rows are regression settings: `fixed` = `KernelRidge()` (median heuristic bandwidth, lambda 1e-3); `learned` =
 `KernelRidge(learn=True)` (log bandwidth and log ridge trained online on the held-out mean squared error, the
-authors' objective, with `regression_optimizer=keras.optimizers.Adam(lr)`; the ridge capped at its start 1e-3);
+authors' objective, with `regression_optimizer=keras.optimizers.Adam(lr)`; within the bounds of `KernelRidge`'s
+`learn`: the ridge at most its start 1e-3, the bandwidth between the nearest-neighbour distance and the median);
 `learned-mse` = the same, named explicitly (`variance_weight=1.`, the default since the cap; tables made before
 it have `learned` rows with `variance_weight=0.1`); `learned-w0.1` = noise + bias^2 + 0.1 variance
 (`variance_weight=0.1`); `learned-r<lambda>` = learned from (and capped at) another starting ridge, e.g.
@@ -92,12 +93,13 @@ class AutocovarianceFeatures(keras.layers.Layer):
         return {**super().get_config(), "max_lag": self.max_lag}
 
 
-def _is_ridge_start(setting):
-    """Whether `setting` is `learned-r<number>`: learned from that starting ridge."""
+def _ridge_start(setting):
+    """The starting ridge of a `learned-r<number>` setting (e.g. `learned-r1e-5`), else None."""
     try:
-        return setting.startswith("learned-r") and float(setting[len("learned-r"):]) > 0.
+        start = float(setting[len("learned-r"):]) if setting.startswith("learned-r") else None
     except ValueError:
-        return False
+        return None
+    return start if start is not None and start > 0. else None
 
 
 def regression_layer(setting, **options):
@@ -119,8 +121,8 @@ def regression_layer(setting, **options):
         return KernelRidge(learn=True, variance_weight=1., **options)
     if setting == "learned-w0.1":  # noise + bias^2 + 0.1 variance
         return KernelRidge(learn=True, variance_weight=0.1, **options)
-    if setting.startswith("learned-r"):  # another starting ridge (and so cap), e.g. learned-r1e-5
-        return KernelRidge(learn=True, ridge=float(setting[len("learned-r"):]), **options)
+    if _ridge_start(setting) is not None:  # another starting ridge (and so cap)
+        return KernelRidge(learn=True, ridge=_ridge_start(setting), **options)
     return KernelRidge(learn=True, ard=setting == "learned-ard", **options)
 
 
@@ -442,7 +444,7 @@ def learning_runs(problem):
     settings = ["fixed", "learned"] + (["learned-ard"] if ARD_IN_LEARNING and 1 < problem.data_dim <= 20 else [])
     settings += [name for name in problem.extra_settings if name.startswith("learned")] + ["selected"]
     settings += ["learned-mse", "learned-w0.1"] if LEARNING_SETTINGS is not None else []
-    settings += [name for name in LEARNING_SETTINGS or () if name.startswith("learned-r")]
+    settings += [name for name in LEARNING_SETTINGS or () if _ridge_start(name) is not None]
     return [(setting, form) for setting in settings if LEARNING_SETTINGS is None or setting in LEARNING_SETTINGS
             for form in LEARNING_FORMS]
 
@@ -695,7 +697,7 @@ def main():
     ARD_IN_LEARNING = args.learning_ard or args.settings is not None and "learned-ard" in args.settings.split(",")
     if args.settings:
         LEARNING_SETTINGS = tuple(args.settings.split(","))
-        unknown = {name for name in LEARNING_SETTINGS if not _is_ridge_start(name)} - {
+        unknown = {name for name in LEARNING_SETTINGS if _ridge_start(name) is None} - {
             "fixed", "learned", "learned-mse", "learned-w0.1", "learned-ard", "learned-acov", "selected"}
         if unknown:
             parser.error(f"--settings: unknown {sorted(unknown)}. Received: --settings={args.settings}")

@@ -489,8 +489,8 @@ class KernelRidge(keras.layers.Layer):
         default `w = 1` is the held-out mean squared error (the authors' objective). A smaller `w` favours less
         biased regressions, since learning averages the estimate's variance over steps but not its bias, and costs
         two more solves of `N / 2` per learning step; but then the learned ridge can run away downwards: with
-        `w = 0.1` it fell to about 6e-8 on the 8 x 8 digits, where
-        the pixel noise scale's gradient is biased at small ridges, and the decoder degraded (issue 11).
+        `w = 0.1` it fell to about 6e-8 on the 8 x 8 digits, where the pixel noise scale's gradient is biased at
+        small ridges, and the decoder degraded (issue 11).
       escalate: True (default) to solve again in float64 a float32 system too ill-conditioned for float32 (small
         ridges on duplicated, discrete observations; the cost, a float64 factorisation, is paid only then); False
         to keep float32 (on hardware with slow float64), with a `RegressionWarning` eagerly and the `condition`
