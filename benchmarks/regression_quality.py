@@ -34,6 +34,11 @@ Three measurements, on six models with an exact `log_marginal`:
     python -m benchmarks.regression_quality --only learning --settings fixed,selected --forms joint
     python -m benchmarks.regression_quality --only learning --models mixture_1d --epochs-scale 5
     python -m benchmarks.regression_quality --only gradient --solvers cholesky,nystrom,nystrom:2048 --forms joint
+    python -m benchmarks.regression_quality --only gradient --hindsight --gradient-sizes 2000
+
+With `--hindsight` (a) instead scores every (bandwidth, lambda) of the closed-form selection's grid, widened, by
+the gradient error itself and reports the best, chosen in hindsight, beside the fixed regression: what no choice of
+these two hyperparameters from the grid can beat.
 
 With `--solvers` (a) compares solvers instead of settings: the fixed regression (median heuristic, lambda 1e-3,
 and `fixed-acov` on the state-space model) with each solver, `name` or `name:size` (`num_inducing` of Nystrom,
@@ -58,8 +63,8 @@ from tfp_amortised.evaluation import median_relative_error, per_point_gradients
 from tfp_amortised.learner import AmortisedLearner
 from tfp_amortised.models import (AutoregressiveStateSpaceModel, BernoulliMixtureModel, FactorAnalysisModel,
                                   GaussianMixtureModel, SigmoidBeliefNetworkModel, SoftplusGaussianModel)
-from tfp_amortised.ridge import KernelRidge
-from tfp_amortised.selection import BANDWIDTH_FACTORS, SelectRegression
+from tfp_amortised.ridge import KernelRidge, median_bandwidth
+from tfp_amortised.selection import BANDWIDTH_FACTORS, RIDGES, SelectRegression
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -298,6 +303,77 @@ def gradient_part(problem_list, args):
                       flush=True)
         print(f"\n(partial, after {problem.name})\n{gradient_table(results, args.gradient_sizes)}\n", flush=True)
     return results
+
+
+HINDSIGHT_FACTORS = (1 / 64, 1 / 32) + BANDWIDTH_FACTORS + (8., 16., 32.)
+HINDSIGHT_RIDGES = (1e-9, 1e-8) + RIDGES
+
+
+def hindsight_part(problem_list, args):
+    """(a) with `--hindsight`: rows `(model, form, N, fixed error, best error, best factor, best lambda)`.
+
+    Every `(factor, lambda)` of `HINDSIGHT_FACTORS` (times the median heuristic of a sleep draw of size `N`) and
+    `HINDSIGHT_RIDGES` (the selection grid, widened) is scored by the gradient error itself, at the initial
+    parameters, on the same sleep seeds; the best is chosen in hindsight, so no selection from this grid can do
+    better.
+    """
+    rows = []
+    for problem in problem_list:
+        model = problem.initial_model(0)
+        x = tf.constant(problem.train[:args.num_wake])
+        exact = per_point_gradients(lambda: model.log_marginal(x), model.trainable_variables)  # noqa: B023
+        for num_sleep in args.gradient_sizes:
+            sleep_x = sleep(model.joint_distribution(), num_sleep, [args.repeats, num_sleep])["x"]
+            median = float(median_bandwidth(tf.reshape(sleep_x, [num_sleep, -1])))
+            for form in LEARNING_FORMS:
+                start = time.perf_counter()
+
+                def error(regression):
+                    try:
+                        return np.mean([median_relative_error(per_point_gradients(
+                            lambda: surrogate_log_marginal(  # noqa: B023
+                                model.joint_distribution, x, num_sleep=num_sleep, seed=[repeat, num_sleep],  # noqa
+                                regression=regression, form=form), model.trainable_variables), exact)  # noqa: B023
+                            for repeat in range(args.repeats)])
+                    except ValueError:  # non-finite weights: the kernel is too narrow for these sleep samples
+                        return np.inf
+
+                grid = {(factor, ridge): error(KernelRidge(bandwidth=factor * median, ridge=ridge, solver="cholesky"))
+                        for factor in HINDSIGHT_FACTORS for ridge in HINDSIGHT_RIDGES}
+                (factor, ridge), best = min(grid.items(), key=lambda item: item[1])
+                rows.append((problem.name, form, num_sleep, error(regression_layer("fixed")), best, factor, ridge))
+                print(f"  hindsight {problem.name} N={num_sleep} {form}: {time.perf_counter() - start:.0f} s\n\n"
+                      f"(partial)\n{hindsight_table(rows)}\n", flush=True)
+    return rows
+
+
+def hindsight_table(rows):
+    """One row per (model, form, N); "on the grid's edge" when the best factor or lambda is an end of its grid."""
+    def on_edge(factor, ridge):
+        return factor in (HINDSIGHT_FACTORS[0], HINDSIGHT_FACTORS[-1]) or ridge in (HINDSIGHT_RIDGES[0],
+                                                                                  HINDSIGHT_RIDGES[-1])
+
+    return markdown_table(
+        ["model", "form", "N", "fixed (median, 1e-3)", "best of the grid in hindsight", "its bandwidth / median",
+         "its lambda", "on the grid's edge", "goal 0.05 reachable"],
+        [[name, form, size, f"{fixed:.3f}", f"{best:.3f}", f"{factor:g}", f"{ridge:g}",
+          "yes" if on_edge(factor, ridge) else "no",
+          "yes" if best <= 0.05 else "no"] for name, form, size, fixed, best, factor, ridge in rows])
+
+
+def plot_hindsight(rows, path):
+    """Bars of the fixed and the best-in-hindsight error per (model, form, N), with the issue's goal of 0.05."""
+    figure, axis = plt.subplots(figsize=(max(6., 0.6 * len(rows)), 4.))
+    positions = np.arange(len(rows))
+    axis.bar(positions - 0.2, [row[3] for row in rows], 0.4, label="fixed (median heuristic, lambda 1e-3)")
+    axis.bar(positions + 0.2, [row[4] for row in rows], 0.4, label="best (bandwidth, lambda) of the grid")
+    axis.axhline(0.05, color="k", linestyle="--", label="goal 0.05")
+    axis.set_xticks(positions, [f"{name}\n{form} N={size}" for name, form, size, *_ in rows], rotation=60,
+                    fontsize=7, ha="right")
+    axis.set(yscale="log", ylabel="median relative gradient error", title="(a) the best fixed hyperparameters "
+             "in hindsight, at the initial parameters")
+    axis.legend(fontsize=7)
+    save_figure(figure, path)
 
 
 SIZE_OPTIONS = {"nystrom": "num_inducing", "random_features": "num_features"}
@@ -678,6 +754,9 @@ def main():
                         "--solvers (default: both)")
     parser.add_argument("--solvers", default=None, help="(a) compares these solvers of the fixed regression, "
                         "comma-separated `name` or `name:size` (module docstring), e.g. cholesky,nystrom,nystrom:2048")
+    parser.add_argument("--hindsight", action="store_true", help="(a) scores every (bandwidth factor, lambda) of "
+                        "the selection grid by the gradient error itself and reports the best against fixed, in the "
+                        "forms of --forms")
     parser.add_argument("--repeats", type=int, default=None, help="sleep seeds of (a) (default 2, quick 1)")
     parser.add_argument("--gradient-sizes", default=None, help="comma-separated N of (a) (default 1000,2000)")
     parser.add_argument("--sweep-lrs", default=None, help="comma-separated regression lrs of (a) (default "
@@ -742,7 +821,14 @@ def main():
               "steps", flush=True)
     gradient_results = curves = None
     outputs = []
-    if "gradient" in parts and args.solvers:
+    if "gradient" in parts and args.hindsight:
+        rows = hindsight_part(problem_list, args)
+        suffix = "_" + args.models.replace(",", "_") if args.models else ""
+        path = plot_path(f"regression_quality_hindsight{suffix}.png")
+        plot_hindsight(rows, path)
+        outputs.append("### (a) Gradient error of the best fixed hyperparameters in hindsight (median relative "
+                       f"error, mean over {args.repeats} sleep seeds)\n\n{hindsight_table(rows)}\n\nplot: {path}")
+    elif "gradient" in parts and args.solvers:
         table = solver_table(solver_gradient_part(problem_list, args), args.gradient_sizes)
         outputs.append(f"### (a) Gradient error of the fixed regression by solver (median relative error, "
                        f"{args.repeats} sleep seeds)\n\n{table}")
