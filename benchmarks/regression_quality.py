@@ -305,7 +305,7 @@ def gradient_part(problem_list, args):
     return results
 
 
-HINDSIGHT_FACTORS = (1 / 64, 1 / 32) + BANDWIDTH_FACTORS + (8., 16., 32.)
+HINDSIGHT_FACTORS = (1 / 64, 1 / 32) + BANDWIDTH_FACTORS + (8., 16., 32., 64., 128., 256.)
 HINDSIGHT_RIDGES = (1e-9, 1e-8) + RIDGES
 
 
