@@ -39,12 +39,12 @@ def regression(setting, event_shape, seed=0):
     raise ValueError(f"setting must be one of {SETTINGS}. Received: setting={setting!r}")
 
 
-def add_option(parser):
+def add_option(parser, default=DEFAULT_SETTINGS):
     """Adds `--regressions` to a benchmark's `argparse` parser: comma-separated settings, parsed into a checked
-    tuple from `SETTINGS` (default: `DEFAULT_SETTINGS`)."""
-    parser.add_argument("--regressions", type=_parse, default=DEFAULT_SETTINGS,
+    tuple from `SETTINGS` (default: `default`)."""
+    parser.add_argument("--regressions", type=_parse, default=default,
                         help=f"comma-separated regression settings of amortised learning, one run each, from "
-                        f"{','.join(SETTINGS)} (default {','.join(DEFAULT_SETTINGS)}; benchmarks/_regressions.py)")
+                        f"{','.join(SETTINGS)} (default {','.join(default)}; benchmarks/_regressions.py)")
 
 
 def _parse(settings):

@@ -22,6 +22,7 @@ of `eps` per point (Monte Carlo error printed; exact for `sigma = 0`). CPU secon
 threads) per training run include tracing.
 
     python -m benchmarks.ica [--quick]
+    python -m benchmarks.ica --regressions fixed,learned --sleep-sizes 1000   # the learner's default regression too
 """
 
 import time
@@ -32,11 +33,11 @@ import numpy as np
 from scipy.special import logsumexp
 from sklearn.decomposition import FastICA
 
+from benchmarks import _regressions as regressions
 from benchmarks._report import EpochRecorder, benchmark_parser, machine_header, markdown_table, plot_path, save_figure
 from tfp_amortised.baselines import MeanFieldEncoder, VariationalLearner
 from tfp_amortised.learner import AmortisedLearner
 from tfp_amortised.models.ica import IndependentComponentsModel, amari_index
-from tfp_amortised.ridge import KernelRidge
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -108,8 +109,9 @@ def fast_ica(x, seed):
     return estimator.mixing_ / np.sqrt(LAPLACE_VARIANCE)
 
 
-def train(method, x_train, seed, epochs, num_sleep=None):
-    """Trains a fresh model by `method` ("joint", "conditional" or "vae"); returns `(model, curve, CPU s)`."""
+def train(method, x_train, seed, epochs, num_sleep=None, setting="fixed"):
+    """Trains a fresh model by `method` ("joint", "conditional" or "vae"), amortised with the regression `setting`
+    of `benchmarks._regressions`; returns `(model, curve, CPU s)`."""
     keras.utils.set_random_seed(seed)
     num_sources = x_train.shape[1]
     model = IndependentComponentsModel(num_sources, num_sources, seed=seed)
@@ -117,8 +119,9 @@ def train(method, x_train, seed, epochs, num_sleep=None):
         encoder = MeanFieldEncoder({"s": ("normal", num_sources)}, hidden_units=(64,), seed=seed)
         learner = VariationalLearner(model, encoder, seed=seed)
     else:
-        learner = AmortisedLearner(model, num_sleep=num_sleep, form=method, regression=KernelRidge(), num_holdout=0,
-                                   seed=seed)
+        ridge = regressions.regression(setting, (num_sources,), seed)
+        learner = AmortisedLearner(model, num_sleep=num_sleep, form=method, regression=ridge,
+                                   num_holdout=64 if ridge.learn else 0, seed=seed)
     learner.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE))
     truth = true_mixing(num_sources)
     recorder = EpochRecorder(lambda: amari_index(model.mixing.numpy(), truth))
@@ -127,12 +130,19 @@ def train(method, x_train, seed, epochs, num_sleep=None):
     return model, np.array(recorder.values), time.process_time() - start
 
 
-def run_size(num_sources, seeds, sleep_sizes, epochs):
+def amortised_name(form, size, setting):
+    """The table's name of an amortised learner (the fixed regression unnamed, as in the first tables)."""
+    return f"amortised {form}, N={size}" + ("" if setting == "fixed" else f", {setting}")
+
+
+def run_size(num_sources, seeds, sleep_sizes, epochs, settings=("fixed",)):
     """All methods on `len(seeds)` data sets of `K = num_sources`: `{method: {"amari", "noise", "log_lik",
-    "cpu", "curve": lists over seeds}}` and the largest Monte Carlo standard error of a held-out score."""
+    "cpu", "curve": lists over seeds}}` and the largest Monte Carlo standard error of a held-out score.
+    `settings`: the amortised learners' regressions (`benchmarks._regressions`)."""
     truth = true_mixing(num_sources)
-    methods = ["truth", "exact ML (noiseless)", "FastICA"] + [f"amortised {form}, N={size}" for form in
-                                                              ("joint", "conditional") for size in sleep_sizes]
+    methods = ["truth", "exact ML (noiseless)", "FastICA"] + [
+        amortised_name(form, size, setting) for form in ("joint", "conditional") for size in sleep_sizes
+        for setting in settings]
     results = {method: {key: [] for key in ("amari", "noise", "log_lik", "cpu", "curve")} for method in
                methods + ["VAE"]}
     largest_error = 0.
@@ -156,8 +166,10 @@ def run_size(num_sources, seeds, sleep_sizes, epochs):
         record("FastICA", fast_ica(x_train, seed), 0., time.process_time() - start)
         for form in ("joint", "conditional"):
             for size in sleep_sizes:
-                model, curve, cpu = train(form, x_train, seed, epochs, size)
-                record(f"amortised {form}, N={size}", model.mixing.numpy(), float(model.noise_scale), cpu, curve)
+                for setting in settings:
+                    model, curve, cpu = train(form, x_train, seed, epochs, size, setting)
+                    record(amortised_name(form, size, setting), model.mixing.numpy(), float(model.noise_scale), cpu,
+                           curve)
         model, curve, cpu = train("vae", x_train, seed, epochs)
         record("VAE", model.mixing.numpy(), float(model.noise_scale), cpu, curve)
     return results, largest_error
@@ -194,13 +206,18 @@ def plot(all_results, path):
 
 def main():
     parser = benchmark_parser(__doc__, "K = 2 only, one seed, N = 200, 6 epochs")
+    regressions.add_option(parser, default=("fixed",))
+    parser.add_argument("--sleep-sizes", default=None, help="comma-separated N of the amortised learners (default "
+                        "250,1000; quick 200)")
     args = parser.parse_args()
     sizes, seeds, sleep_sizes, epochs = ((2,), range(1), (200,), 6) if args.quick else \
         ((2, 4), range(3), (250, 1000), 20)
+    if args.sleep_sizes:
+        sleep_sizes = tuple(int(size) for size in args.sleep_sizes.split(","))
     start = time.time()
     all_results, largest_error, rows = {}, 0., []
     for num_sources in sizes:
-        all_results[num_sources], error = run_size(num_sources, seeds, sleep_sizes, epochs)
+        all_results[num_sources], error = run_size(num_sources, seeds, sleep_sizes, epochs, args.regressions)
         largest_error = max(largest_error, error)
         rows += table_rows(num_sources, all_results[num_sources])
     path = plot_path("ica_quick.png" if args.quick else "ica.png")
