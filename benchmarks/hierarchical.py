@@ -7,7 +7,8 @@ Two settings of `HierarchicalPoissonModel` (groups of `n` counts sharing a Gamma
 has the same gradient here, since only the Gamma prior depends on the parameters) trains from `alpha = beta = 1`
 with Adam(0.05) on minibatches of 200 groups: with the default Gaussian kernel on the raw counts for two sleep
 sizes `N`, and with the kernel on the log of the group total, `log(1 + sum_i x_i)` (`KernelRidge(features=...)`;
-the total is a sufficient statistic for the rate), at the larger `N`.
+the total is a sufficient statistic for the rate), and with the learner's default, a learning kernel on the raw
+counts (`KernelRidge(learn=True)`, 64 held-out sleep samples), at the larger `N`.
 
 Reference: exact maximum likelihood of the same training data, L-BFGS (SciPy) on the closed-form `log p(x)`
 (`HierarchicalPoissonModel.log_marginal`) to gradient norm 1e-6. Scores: the learned `alpha`, `beta` and
@@ -51,10 +52,12 @@ def log_total_count(x):
 
 
 def amortised_variants(sleep_sizes):
-    """`{label: (num_sleep, ridge factory)}`: the default kernel at every size, the total-count kernel at the last."""
+    """`{label: (num_sleep, ridge factory)}`: the fixed kernel at every size; at the last, the total-count kernel
+    and the learner's default, a learning kernel on the raw counts (`KernelRidge(learn=True)`)."""
     variants = {f"amortised, N={size}": (size, KernelRidge) for size in sleep_sizes}
     variants[f"amortised, N={sleep_sizes[-1]}, kernel on log(1+Σx)"] = (
         sleep_sizes[-1], lambda: KernelRidge(features=log_total_count))
+    variants[f"amortised, N={sleep_sizes[-1]}, learned"] = (sleep_sizes[-1], lambda: KernelRidge(learn=True))
     return variants
 
 
@@ -91,8 +94,8 @@ def train(x_train, num_sleep, ridge, seed, epochs):
     """Amortised learning from `alpha = beta = 1`; returns `(model, path [epochs + 1, 2], CPU seconds)`."""
     keras.utils.set_random_seed(seed)
     model = HierarchicalPoissonModel(x_train.shape[1])
-    learner = AmortisedLearner(model, num_sleep=num_sleep, form="conditional", regression=ridge, num_holdout=0,
-                               seed=seed)
+    learner = AmortisedLearner(model, num_sleep=num_sleep, form="conditional", regression=ridge,
+                               num_holdout=64 if ridge.learn else 0, seed=seed)
     learner.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE))
     recorder = EpochRecorder(lambda: parameters(model)[:2])
     start = time.process_time()
