@@ -6,6 +6,7 @@ each seed, `AmortisedLearner` trains `GaussianMixtureModel(5, 2)` from five dist
 the seed as means, equal weights and scale 1. Score: held-out log-likelihood per point, exact by logsumexp.
 
     python -m benchmarks.mixture [--quick]
+    python -m benchmarks.mixture --regressions fixed,learned    # the learner's default regression too
 """
 
 import time
@@ -14,11 +15,11 @@ import keras
 import matplotlib
 import numpy as np
 
+from benchmarks import _regressions as regressions
 from benchmarks._reference import gaussian_mixture_em
 from benchmarks._report import benchmark_parser, machine_header, markdown_table, plot_path, save_figure
 from tfp_amortised.learner import AmortisedLearner
 from tfp_amortised.models.gaussian_mixture import GaussianMixtureModel
-from tfp_amortised.ridge import KernelRidge
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -41,11 +42,14 @@ def initial_means(x, seed):
     return x[np.random.default_rng(seed).choice(len(x), NUM_COMPONENTS, replace=False)]
 
 
-def learn(x_train, x_test, init_means, *, form, num_sleep, epochs, seed, learning_rate=0.05, batch_size=100):
-    """Trains by `AmortisedLearner`; returns the held-out log-likelihood per point after each epoch, `[epochs]`."""
+def learn(x_train, x_test, init_means, *, form, num_sleep, epochs, seed, setting="fixed", learning_rate=0.05,
+          batch_size=100):
+    """Trains by `AmortisedLearner` with the regression `setting` of `benchmarks._regressions`; returns the
+    held-out log-likelihood per point after each epoch, `[epochs]`."""
     model = GaussianMixtureModel(NUM_COMPONENTS, DATA_DIM, seed=seed)
     model.means.assign(init_means)
-    learner = AmortisedLearner(model, num_sleep=num_sleep, form=form, regression=KernelRidge(), seed=seed)
+    learner = AmortisedLearner(model, num_sleep=num_sleep, form=form, regression=regressions.regression(
+        setting, (DATA_DIM,), seed), seed=seed)
     learner.compile(optimizer=keras.optimizers.Adam(learning_rate))
     curve = []
     for _ in range(epochs):
@@ -63,10 +67,16 @@ def em_score(x_train, x_test, restarts=20):
     return float(np.mean(fitted.log_marginal(x_test)))
 
 
+def variant_name(form, setting):
+    """A learner's name in the table and plot: its form, and its regression unless the fixed one."""
+    return form if setting == "fixed" else f"{form}, {setting}"
+
+
 def plot(curves, em, truth_score, path):
-    """Learning curves (held-out log-likelihood per epoch) of every seed and form beside EM's value."""
-    figure, axes = plt.subplots(1, len(FORMS), figsize=(9, 3.5), sharey=True)
-    for axis, form in zip(axes, FORMS):
+    """Learning curves (held-out log-likelihood per epoch) of every seed and variant beside EM's value."""
+    figure, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.5), sharey=True, squeeze=False)
+    axes = axes[0]
+    for axis, form in zip(axes, curves):
         for seed, curve in enumerate(curves[form]):
             axis.plot(np.arange(1, len(curve) + 1), curve, label=f"seed {seed}")
         axis.axhline(em, color="k", linestyle="-", label="EM (exact ML)")
@@ -81,6 +91,7 @@ def plot(curves, em, truth_score, path):
 
 def main():
     parser = benchmark_parser(__doc__, "two seeds, 8 epochs, N=300")
+    regressions.add_option(parser, default=("fixed",))
     args = parser.parse_args()
     seeds, epochs, num_sleep = (range(2), 8, 300) if args.quick else (range(5), 25, 1000)
     start = time.time()
@@ -88,19 +99,21 @@ def main():
     x_train, x_test = x[:2000], x[2000:]
     truth_score = float(np.mean(truth.log_marginal(x_test)))
     em = em_score(x_train, x_test)
-    curves = {form: [learn(x_train, x_test, initial_means(x_train, seed), form=form, num_sleep=num_sleep,
-                           epochs=epochs, seed=seed) for seed in seeds] for form in FORMS}
-    path = plot_path("mixture.png")
+    curves = {variant_name(form, setting): [
+        learn(x_train, x_test, initial_means(x_train, seed), form=form, num_sleep=num_sleep, epochs=epochs,
+              seed=seed, setting=setting) for seed in seeds] for setting in args.regressions for form in FORMS}
+    path = plot_path("mixture.png" if args.regressions == ("fixed",) else
+                     f"mixture_{'_'.join(args.regressions)}.png")
     plot(curves, em, truth_score, path)
-    final = {form: np.array([curve[-1] for curve in curves[form]]) for form in FORMS}
-    rows = [[seed, *[final[form][seed] for form in FORMS], *[final[form][seed] - em for form in FORMS]]
+    final = {name: np.array([curve[-1] for curve in values]) for name, values in curves.items()}
+    rows = [[seed, *[final[name][seed] for name in final], *[final[name][seed] - em for name in final]]
             for seed in seeds]
-    rows.append(["mean", *[float(final[form].mean()) for form in FORMS],
-                 *[float(final[form].mean() - em) for form in FORMS]])
+    rows.append(["mean", *[float(final[name].mean()) for name in final],
+                 *[float(final[name].mean() - em) for name in final]])
     print(machine_header())
     print(f"held-out log-likelihood per point: EM (exact ML) {em:.4f}, true parameters {truth_score:.4f}; "
           f"amortised: N={num_sleep}, {epochs} epochs of 20 minibatches of 100\n")
-    print(markdown_table(["seed", "amortised joint", "amortised conditional", "joint − EM", "conditional − EM"],
+    print(markdown_table(["seed", *[f"amortised {name}" for name in final], *[f"{name} − EM" for name in final]],
                          rows, "{:.4f}"))
     print(f"\nplot: {path}; wall time {time.time() - start:.0f} s")
 
