@@ -3,7 +3,10 @@
 Data: 2-D, five isotropic clusters on a circle of radius 3 (sigma 0.6, unequal weights). The reference is
 exact maximum likelihood: EM (NumPy, `benchmarks._reference.gaussian_mixture_em`, best of 20 restarts). For
 each seed, `AmortisedLearner` trains `GaussianMixtureModel(5, 2)` from five distinct training points chosen by
-the seed as means, equal weights and scale 1. Score: held-out log-likelihood per point, exact by logsumexp.
+the seed as means, equal weights and scale 1, and so does `ExactGradientLearner` (exact-gradient ascent: the fair
+oracle, from the same start with the same optimiser and batches), which shows where the exact gradient goes from
+that start: EM's best of 20 restarts may be another optimum. Score: held-out log-likelihood per point, exact by
+logsumexp.
 
     python -m benchmarks.mixture [--quick]
     python -m benchmarks.mixture --regressions fixed,learned    # the learner's default regression too
@@ -18,6 +21,7 @@ import numpy as np
 from benchmarks import _regressions as regressions
 from benchmarks._reference import gaussian_mixture_em
 from benchmarks._report import benchmark_parser, machine_header, markdown_table, plot_path, save_figure
+from tfp_amortised.baselines.exact import ExactGradientLearner
 from tfp_amortised.learner import AmortisedLearner
 from tfp_amortised.models.gaussian_mixture import GaussianMixtureModel
 
@@ -44,12 +48,17 @@ def initial_means(x, seed):
 
 def learn(x_train, x_test, init_means, *, form, num_sleep, epochs, seed, setting="fixed", learning_rate=0.05,
           batch_size=100):
-    """Trains by `AmortisedLearner` with the regression `setting` of `benchmarks._regressions`; returns the
-    held-out log-likelihood per point after each epoch, `[epochs]`."""
+    """Trains by `AmortisedLearner` in `form` with the regression `setting` of `benchmarks._regressions`, or by
+    `ExactGradientLearner` (`form="exact"`), keras.utils.set_random_seed(seed) first so that every learner of a
+    seed sees the same batches; returns the held-out log-likelihood per point after each epoch, `[epochs]`."""
+    keras.utils.set_random_seed(seed)
     model = GaussianMixtureModel(NUM_COMPONENTS, DATA_DIM, seed=seed)
     model.means.assign(init_means)
-    learner = AmortisedLearner(model, num_sleep=num_sleep, form=form, regression=regressions.regression(
-        setting, (DATA_DIM,), seed), seed=seed)
+    if form == "exact":  # the fair oracle: exact-gradient ascent from the same start, same optimiser and batches
+        learner = ExactGradientLearner(model, seed=seed)
+    else:
+        learner = AmortisedLearner(model, num_sleep=num_sleep, form=form, regression=regressions.regression(
+            setting, (DATA_DIM,), seed), seed=seed)
     learner.compile(optimizer=keras.optimizers.Adam(learning_rate))
     curve = []
     for _ in range(epochs):
@@ -69,6 +78,8 @@ def em_score(x_train, x_test, restarts=20):
 
 def variant_name(form, setting):
     """A learner's name in the table and plot: its form, and its regression unless the fixed one."""
+    if form == "exact":
+        return "exact gradient"
     return form if setting == "fixed" else f"{form}, {setting}"
 
 
@@ -99,11 +110,12 @@ def main():
     x_train, x_test = x[:2000], x[2000:]
     truth_score = float(np.mean(truth.log_marginal(x_test)))
     em = em_score(x_train, x_test)
+    variants = [("exact", None)] + [(form, setting) for setting in args.regressions for form in FORMS]
     curves = {variant_name(form, setting): [
         learn(x_train, x_test, initial_means(x_train, seed), form=form, num_sleep=num_sleep, epochs=epochs,
-              seed=seed, setting=setting) for seed in seeds] for setting in args.regressions for form in FORMS}
-    path = plot_path("mixture.png" if args.regressions == ("fixed",) else
-                     f"mixture_{'_'.join(args.regressions)}.png")
+              seed=seed, setting=setting) for seed in seeds] for form, setting in variants}
+    path = plot_path(("mixture" if args.regressions == ("fixed",) else f"mixture_{'_'.join(args.regressions)}")
+                     + ("_quick.png" if args.quick else ".png"))
     plot(curves, em, truth_score, path)
     final = {name: np.array([curve[-1] for curve in values]) for name, values in curves.items()}
     rows = [[seed, *[final[name][seed] for name in final], *[final[name][seed] - em for name in final]]
@@ -113,8 +125,8 @@ def main():
     print(machine_header())
     print(f"held-out log-likelihood per point: EM (exact ML) {em:.4f}, true parameters {truth_score:.4f}; "
           f"amortised: N={num_sleep}, {epochs} epochs of 20 minibatches of 100\n")
-    print(markdown_table(["seed", *[f"amortised {name}" for name in final], *[f"{name} − EM" for name in final]],
-                         rows, "{:.4f}"))
+    print(markdown_table(["seed", *[name if name == "exact gradient" else f"amortised {name}" for name in final],
+                          *[f"{name} − EM" for name in final]], rows, "{:.4f}"))
     print(f"\nplot: {path}; wall time {time.time() - start:.0f} s")
 
 
