@@ -30,10 +30,11 @@ SCALARS = ("growth", "threshold", "death", "reproduction_scale", "survival_scale
 
 
 def fit(series, num_sleep, steps, seed, features=False):
-    """Fits a default-initialised `BlowflyModel` to log-count series `[M, 180]` (joint form, Adam 0.05); with
-    `features`, the kernel acts on the standardised `BlowflySummaries` of the series."""
+    """Fits a default-initialised `BlowflyModel` to log-count series `[M, 180]` (joint form, Adam 0.05, the fixed
+    `KernelRidge()` of the tables); with `features`, the kernel acts on the standardised `BlowflySummaries` of
+    the series."""
     model = BlowflyModel()
-    ridge = KernelRidge(features=BlowflySummaries(), standardise_features=True) if features else None
+    ridge = KernelRidge(features=BlowflySummaries(), standardise_features=True) if features else KernelRidge()
     learner = AmortisedLearner(model, num_sleep=num_sleep, form="joint", seed=seed, regression=ridge)
     learner.compile(optimizer=keras.optimizers.Adam(0.05))
     learner.fit(series, batch_size=series.shape[0], epochs=steps, verbose=0)
