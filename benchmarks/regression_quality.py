@@ -246,6 +246,15 @@ def ideal_cell_mean_gradients(model, x, num_sleep, seed):
     return (match @ per_sample) / tf.maximum(counts, 1.), int(tf.reduce_sum(tf.cast(counts == 0., tf.int32)))
 
 
+def gradient_errors(model, x, exact, num_sleep, regression, form, repeats):
+    """Median relative error of the amortised per-point gradients against `exact: [M, P]`, one per sleep seed
+    `[repeat, num_sleep]`, `repeat < repeats` (a list of floats)."""
+    return [median_relative_error(per_point_gradients(
+        lambda: surrogate_log_marginal(model.joint_distribution, x, num_sleep=num_sleep,  # noqa: B023
+                                       seed=[repeat, num_sleep], regression=regression, form=form),  # noqa: B023
+        model.trainable_variables), exact) for repeat in range(repeats)]
+
+
 def gradient_part(problem_list, args):
     """Rows `(model, setting, lr, form, N, error)`; the learned settings are trained at each (N, form)."""
     results, best_lr, trained = [], {}, {}
@@ -283,10 +292,7 @@ def gradient_part(problem_list, args):
                         regression = train_hyperparameters(
                             model, problem, setting, num_sleep, form, lr or 0., args.hyper_steps_more, seed=2,
                             regression=trained.get((problem.name, setting, lr, form)))
-                    error = np.mean([median_relative_error(per_point_gradients(
-                        lambda: surrogate_log_marginal(model.joint_distribution, x, num_sleep=num_sleep,  # noqa
-                                                       seed=[repeat, num_sleep], regression=regression, form=form),
-                        model.trainable_variables), exact) for repeat in range(args.repeats)])
+                    error = np.mean(gradient_errors(model, x, exact, num_sleep, regression, form, args.repeats))
                     errors[setting, lr] = error
                     results.append((problem.name, setting, lr, form, num_sleep, error))
                 if problem.name == "bernoulli_mixture" and form == "joint":
@@ -330,11 +336,8 @@ def hindsight_part(problem_list, args):
 
                 def error(regression):
                     try:
-                        return np.mean([median_relative_error(per_point_gradients(
-                            lambda: surrogate_log_marginal(  # noqa: B023
-                                model.joint_distribution, x, num_sleep=num_sleep, seed=[repeat, num_sleep],  # noqa
-                                regression=regression, form=form), model.trainable_variables), exact)  # noqa: B023
-                            for repeat in range(args.repeats)])
+                        return np.mean(gradient_errors(model, x, exact, num_sleep, regression, form,  # noqa: B023
+                                                       args.repeats))
                     except ValueError:  # non-finite weights: the kernel is too narrow for these sleep samples
                         return np.inf
 
@@ -405,11 +408,8 @@ def solver_gradient_part(problem_list, args):
                 for setting in settings:
                     for label, options in args.solvers:
                         regression = regression_layer(setting, **options)
-                        rows.append((problem.name, form, setting, label, num_sleep, [median_relative_error(
-                            per_point_gradients(lambda: surrogate_log_marginal(  # noqa: B023
-                                model.joint_distribution, x, num_sleep=num_sleep, seed=[repeat, num_sleep],
-                                regression=regression, form=form), model.trainable_variables), exact)
-                            for repeat in range(args.repeats)]))
+                        rows.append((problem.name, form, setting, label, num_sleep,
+                                     gradient_errors(model, x, exact, num_sleep, regression, form, args.repeats)))
                 print(f"  gradient {problem.name} N={num_sleep} {form}: {time.perf_counter() - start:.0f} s\n\n"
                       f"(partial)\n{solver_table(rows, args.gradient_sizes)}\n", flush=True)
     return rows
@@ -823,7 +823,7 @@ def main():
     outputs = []
     if "gradient" in parts and args.hindsight:
         rows = hindsight_part(problem_list, args)
-        suffix = "_" + args.models.replace(",", "_") if args.models else ""
+        suffix = ("_quick" if args.quick else "") + ("_" + args.models.replace(",", "_") if args.models else "")
         path = plot_path(f"regression_quality_hindsight{suffix}.png")
         plot_hindsight(rows, path)
         outputs.append("### (a) Gradient error of the best fixed hyperparameters in hindsight (median relative "
