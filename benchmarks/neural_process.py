@@ -17,9 +17,12 @@ Predictors:
     16-vector and cannot condition on a subset, so the fair use of the VAE's model is its exact posterior
     mean, here approximated by importance sampling);
   - Bayes-optimal: `sine_posterior_mean` under the true prior and noise (quadrature);
-  - prior mean `E[a] E[cos s] sin t` and the constant 0.
+  - prior mean `E[a] E[cos s] sin t` and the constant 0;
+  - with `--learned`, amortised learned, importance: a third model, identical at initialisation, trained with the
+    learner's defaults (`AmortisedLearner(model)`: conditional form, learning regression), scored as the
+    amortised one.
 
-    python -m benchmarks.neural_process [--quick]
+    python -m benchmarks.neural_process [--quick] [--learned]
 """
 
 import math
@@ -78,13 +81,14 @@ def train(learner, y, epochs, learning_rate):
     return time.process_time() - start
 
 
-def run_seed(seed, inputs, at, config):
-    """Trains both models on one data set; returns `{(method, C): mse}`, CPU seconds, and an example."""
+def run_seed(seed, inputs, at, config, learned=False):
+    """Trains the models on one data set (with `learned`, also one with the learner's default regression);
+    returns `{(method, C): mse}`, CPU seconds, sample diagnostics per model and an example."""
     y, _, _ = sine_functions(config["num_train"], inputs, seed=seed, noise=NOISE)
     y_test, amplitude, shift = sine_functions(config["num_test"], inputs, seed=1000 + seed, noise=NOISE)
     truth = sine(amplitude, shift, at)
     models = {name: NeuralProcessModel(inputs, LATENT_DIM, HIDDEN_UNITS, scale=0.2, seed=seed)
-              for name in ("amortised", "VAE")}
+              for name in ("amortised", "VAE") + (("amortised learned",) if learned else ())}
     cpu = {
         "amortised": train(AmortisedLearner(models["amortised"], num_sleep=config["num_sleep"], form="conditional",
                                             regression=KernelRidge(), seed=seed),
@@ -93,6 +97,9 @@ def run_seed(seed, inputs, at, config):
                                                                         seed=seed), seed=seed),
                      y, config["epochs"], config["learning_rate"]),
     }
+    if learned:
+        cpu["amortised learned"] = train(AmortisedLearner(models["amortised learned"], num_sleep=config["num_sleep"],
+                                                          seed=seed), y, config["epochs"], config["learning_rate"])
     rng = np.random.default_rng(seed)
     errors, example = {}, None
     for size in CONTEXT_SIZES:
@@ -104,18 +111,18 @@ def run_seed(seed, inputs, at, config):
                                                    regression=KernelRidge(solver="cholesky"))}
         cpu.setdefault("ridge prediction", 0.)
         cpu["ridge prediction"] += time.process_time() - start
-        for name in ("amortised", "VAE"):
+        for name in models:
             predictions[f"{name}, importance"] = importance_predict(
                 models[name], index, values, at, config["importance_samples"], seed=[seed, 100 + size])
         predictions["Bayes-optimal"] = sine_posterior_mean(index, values, at, NOISE, inputs=inputs)
         predictions["prior mean"] = tf.broadcast_to(
             sine_posterior_mean([], tf.zeros([1, 0]), at, NOISE, inputs=inputs), truth.shape)
         predictions["zero"] = tf.zeros_like(truth)
-        for method in METHODS:
+        for method in methods(learned):
             errors[method, size] = float(tf.reduce_mean(tf.square(predictions[method] - truth)))
         if size == 4:
             example = {"index": index, "values": values[0].numpy(), "truth": truth[0].numpy(),
-                       **{method: predictions[method][0].numpy() for method in METHODS[:4]}}
+                       **{method: predictions[method][0].numpy() for method in methods(learned)[:4]}}
     z = tf.random.stateless_normal([config["num_samples"], LATENT_DIM], [seed, 7])
     samples = {name: sample_diagnostics(model.decode(z, at), at) for name, model in models.items()}
     for name, model in models.items():
@@ -123,10 +130,15 @@ def run_seed(seed, inputs, at, config):
     return errors, cpu, samples, example
 
 
-def plot(errors, example, inputs, at, path):
+def methods(learned):
+    """The predictors scored: `METHODS`, and the learned model's importance prediction with `--learned`."""
+    return METHODS + (("amortised learned, importance",) if learned else ())
+
+
+def plot(errors, example, inputs, at, path, learned=False):
     """MSE against the number of context points (mean and range over seeds), and one example with 4 points."""
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for method in METHODS[:5]:
+    for method in METHODS[:5] + methods(learned)[len(METHODS):]:
         values = np.array([[run[method, size] for size in CONTEXT_SIZES] for run in errors])
         mean = values.mean(0)
         left.errorbar(CONTEXT_SIZES, mean, yerr=[mean - values.min(0), values.max(0) - mean], marker="o", capsize=3,
@@ -148,7 +160,10 @@ def plot(errors, example, inputs, at, path):
 
 
 def main():
-    args = benchmark_parser(__doc__, "1 seed, 1000 functions, 10 epochs").parse_args()
+    parser = benchmark_parser(__doc__, "1 seed, 1000 functions, 10 epochs")
+    parser.add_argument("--learned", action="store_true", help="also train a model with the learner's defaults "
+                        "(conditional form, learning regression)")
+    args = parser.parse_args()
     config = {"num_train": 2000, "num_test": 500, "epochs": 50, "num_sleep": 500, "predict_sleep": 2000,
               "importance_samples": 5000, "num_samples": 4000, "learning_rate": 3e-3, "seeds": (0, 1, 2)}
     if args.quick:
@@ -157,23 +172,24 @@ def main():
     keras.utils.set_random_seed(0)
     inputs = tf.linspace(-math.pi, math.pi, NUM_INPUTS)
     at = tf.linspace(-math.pi, math.pi, 64)
-    results = [run_seed(seed, inputs, at, config) for seed in config["seeds"]]
+    results = [run_seed(seed, inputs, at, config, args.learned) for seed in config["seeds"]]
     errors = [result[0] for result in results]
-    path = plot_path("neural_process.png")
-    plot(errors, results[0][3], inputs, at, path)
+    path = plot_path("neural_process" + ("_learned" if args.learned else "") + ("_quick" if args.quick else "")
+                     + ".png")
+    plot(errors, results[0][3], inputs, at, path, args.learned)
 
     def cell(method, size):
         values = np.array([run[method, size] for run in errors])
         return f"{values.mean():.4f} ± {values.std():.4f}"
 
-    rows = [[method, *[cell(method, size) for size in CONTEXT_SIZES]] for method in METHODS]
+    rows = [[method, *[cell(method, size) for size in CONTEXT_SIZES]] for method in methods(args.learned)]
     cpu = {name: np.mean([result[1][name] for result in results]) for name in results[0][1]}
     amplitude = tf.random.stateless_uniform([config["num_samples"]], [0, 8], -0.5, 1.)
     shift = tf.random.stateless_uniform([config["num_samples"]], [0, 9], -0.5, 0.5)
     truth = {**sample_diagnostics(sine(amplitude, shift, at), at), "sigma": NOISE}
     diagnostics = list(truth)
     sample_rows = [["true sine prior", *[truth[name] for name in diagnostics]]]
-    for name in ("amortised", "VAE"):
+    for name in results[0][2]:
         cells = [np.array([result[2][name][diagnostic] for result in results]) for diagnostic in diagnostics]
         sample_rows.append([name, *[f"{values.mean():.3f} ± {values.std():.3f}" for values in cells]])
     print(machine_header())
@@ -183,8 +199,7 @@ def main():
           f"samples (ridge), {config['importance_samples']} prior samples (importance); {config['num_test']} test "
           f"functions, 64 target points; mean ± sd over seeds {list(config['seeds'])}\n")
     print(markdown_table(["method", *[f"C = {size}" for size in CONTEXT_SIZES]], rows))
-    print(f"\nCPU s per seed: amortised training {cpu['amortised']:.1f}, VAE training {cpu['VAE']:.1f}, "
-          f"ridge prediction (4 context sizes) {cpu['ridge prediction']:.1f}\n")
+    print("\nCPU s per seed: " + ", ".join(f"{name} {value:.1f}" for name, value in cpu.items()) + "\n")
     print(f"Functions sampled from each trained model ({config['num_samples']} prior draws of z), fitted by "
           f"b1 sin t + b2 cos t + b0 (for the truth b1 = a cos s), and the learned noise scale:\n")
     print(markdown_table(["model", *diagnostics], sample_rows, float_format="{:.3f}"))
