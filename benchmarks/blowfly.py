@@ -3,6 +3,7 @@
     python -m benchmarks.blowfly            # full run (see RESULTS.md for its wall time)
     python -m benchmarks.blowfly --quick    # a few minutes
     python -m benchmarks.blowfly --features # kernel on summary statistics (BlowflySummaries) of the log series
+    python -m benchmarks.blowfly --defaults # the learner's defaults: conditional form, learning regression
 
 Prints two markdown tables (true vs learned parameters on simulated data, one column per seed; summary
 statistics of the real series against simulations of the model learned from it) and writes
@@ -29,13 +30,16 @@ TRUTH = dict(growth=6.5, threshold=400., death=0.16, reproduction_scale=0.5, sur
 SCALARS = ("growth", "threshold", "death", "reproduction_scale", "survival_scale")
 
 
-def fit(series, num_sleep, steps, seed, features=False):
+def fit(series, num_sleep, steps, seed, features=False, defaults=False):
     """Fits a default-initialised `BlowflyModel` to log-count series `[M, 180]` (joint form, Adam 0.05, the fixed
     `KernelRidge()` of the tables); with `features`, the kernel acts on the standardised `BlowflySummaries` of
-    the series."""
+    the series; with `defaults`, the learner's defaults (conditional form, `KernelRidge(learn=True)`)."""
     model = BlowflyModel()
-    ridge = KernelRidge(features=BlowflySummaries(), standardise_features=True) if features else KernelRidge()
-    learner = AmortisedLearner(model, num_sleep=num_sleep, form="joint", seed=seed, regression=ridge)
+    if defaults:
+        learner = AmortisedLearner(model, num_sleep=num_sleep, seed=seed)
+    else:
+        ridge = KernelRidge(features=BlowflySummaries(), standardise_features=True) if features else KernelRidge()
+        learner = AmortisedLearner(model, num_sleep=num_sleep, form="joint", seed=seed, regression=ridge)
     learner.compile(optimizer=keras.optimizers.Adam(0.05))
     learner.fit(series, batch_size=series.shape[0], epochs=steps, verbose=0)
     return model
@@ -59,6 +63,8 @@ def series_statistics(log_counts):
 def main():
     parser = benchmark_parser(__doc__, "fewer sleep samples, steps and seeds")
     parser.add_argument("--features", action="store_true", help="kernel on summary statistics of the series")
+    parser.add_argument("--defaults", action="store_true", help="the learner's defaults: conditional form, "
+                        "learning regression on the log counts")
     args = parser.parse_args()
     num_sleep, steps, seeds = (300, 60, (0,)) if args.quick else (1000, 300, (0, 1))
     start = time.time()
@@ -67,13 +73,13 @@ def main():
     simulated_fits = []
     for seed in seeds:
         series = truth.joint_distribution().sample(8, seed=[seed, 100]).log_counts
-        simulated_fits.append(fit(series, num_sleep, steps, seed, args.features))
+        simulated_fits.append(fit(series, num_sleep, steps, seed, args.features, args.defaults))
     true_values = summary(truth)
     rows = [[name, true_values[name]] + [summary(model)[name] for model in simulated_fits] for name in true_values]
     header = ["parameter", "true"] + [f"learned (seed {seed})" for seed in seeds]
 
     real = np.log(load_blowfly())[None].astype(np.float32)
-    real_model = fit(real, num_sleep, steps, 0, args.features)
+    real_model = fit(real, num_sleep, steps, 0, args.features, args.defaults)
     learned_real = summary(real_model)
     simulations = real_model.joint_distribution().sample(200, seed=[9, 9]).log_counts.numpy()
     data_stats, model_stats = series_statistics(real), series_statistics(simulations)
@@ -84,14 +90,16 @@ def main():
 
     print(machine_header())
     kernel_input = "29 standardised summary statistics" if args.features else "180 log counts"
-    print(f"\nN = {num_sleep} sleep series, {steps} Adam steps (lr 0.05), joint form, Gaussian kernel on the "
+    setting = "conditional form, learning regression" if args.defaults else "joint form, fixed regression"
+    print(f"\nN = {num_sleep} sleep series, {steps} Adam steps (lr 0.05), {setting}, Gaussian kernel on the "
           f"{kernel_input}; simulated data: 8 series per seed. Wall time {wall:.0f} s.\n")
     print(markdown_table(header, rows))
     print("\nLearned from Nicholson's series:\n")
     print(markdown_table(["parameter", "learned"], real_rows))
     print("\nNicholson's series against 200 simulations of the learned model (mean ± sd over simulations):\n")
     print(markdown_table(["statistic", "data", "learned model"], stats_rows))
-    path = plot_path("blowfly_features.png" if args.features else "blowfly.png")
+    path = plot_path("blowfly" + ("_features" if args.features else "") + ("_defaults" if args.defaults else "")
+                     + ("_quick" if args.quick else "") + ".png")
     plot(real[0], simulations[:3], path)
     print(f"\nPlot: {path}")
 
