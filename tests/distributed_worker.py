@@ -6,7 +6,7 @@ starts) and uses `MirroredStrategy`; `python tests/distributed_worker.py multi_w
 a short `fit` and, with `mirrored`, for each form: the replicas' summed gradient of `surrogate_log_marginal`,
 the change of the weights made by one `AmortisedLearner` step with SGD at learning rate 1 (minus the gradient it
 applied), and the single-device gradient on the same global sleep set computed independently, by contracting
-per-sample Jacobians of the log-joint with the ridge weights.
+per-sample Jacobians of the log-joint with the ridge weights; and the step of an `"auto"` form learner.
 """
 
 import json
@@ -108,13 +108,32 @@ def _log_likelihood(strategy, learner, wake_x, step_seed):
 
 
 def _learner_step(strategy, learner, wake_x):
-    """Minus the change of the weights made by one `fit` step with SGD at learning rate 1: the applied gradient."""
+    """Minus the change of the weights made by one `fit` step with SGD at learning rate 1 (the applied gradient),
+    and the step's logs."""
     import keras  # pylint: disable=import-outside-toplevel
     with strategy.scope():
         learner.compile(optimizer=keras.optimizers.SGD(1.))
     before = _flat(learner.trainable_variables)
-    learner.fit(wake_x, batch_size=NUM_WAKE, epochs=1, shuffle=False, verbose=0)
-    return [b - a for b, a in zip(before, _flat(learner.trainable_variables))]
+    history = learner.fit(wake_x, batch_size=NUM_WAKE, epochs=1, shuffle=False, verbose=0)
+    return [b - a for b, a in zip(before, _flat(learner.trainable_variables))], history.history
+
+
+def _auto_choices(strategy, learner, wake_x, num_seeds=20):
+    """Each replica's `conditional_form` in `"auto"` steps at `num_seeds` seeds: `[[replica 0, replica 1], ...]`."""
+    from tfp_amortised import amortised_step  # pylint: disable=import-outside-toplevel
+    share = NUM_WAKE // strategy.num_replicas_in_sync
+    shards = strategy.experimental_distribute_values_from_function(
+        lambda context: wake_x[context.replica_id_in_sync_group * share:(context.replica_id_in_sync_group + 1) * share])
+
+    @tf.function
+    def step(shard, seed):
+        return strategy.run(lambda local_wake_x: amortised_step(
+            learner.joint_distribution, local_wake_x, num_sleep=NUM_SLEEP, seed=seed, form="auto",
+            num_holdout=NUM_HOLDOUT, variables=learner.generative_model.trainable_variables,
+            regression=learner.regression).diagnostics["conditional_form"], args=(shard,))
+
+    return [[float(v) for v in strategy.experimental_local_results(step(shards, tf.constant([seed, 0])))]
+            for seed in range(num_seeds)]
 
 
 def _skipped_steps(strategy, data):
@@ -159,7 +178,14 @@ def main(kind, out_path):
         report[form] = {"oracle": _oracle_gradient(learner, wake_x, step_seed, form, strategy.num_replicas_in_sync),
                         "surrogate": _surrogate_gradient(strategy, learner, wake_x, step_seed),
                         "log_likelihood": _log_likelihood(strategy, learner, wake_x, step_seed),
-                        "learner": _learner_step(strategy, learner, wake_x)}
+                        "learner": _learner_step(strategy, learner, wake_x)[0]}
+    if kind == "mirrored":  # the auto form: the replicas must choose the same form, whose step is then the above
+        with strategy.scope():
+            learner = AmortisedLearner(FactorAnalysisModel(1, 2, seed=1), num_sleep=NUM_SLEEP, form="auto",
+                                       num_holdout=NUM_HOLDOUT, seed=SEED, regression=KernelRidge())
+        applied, logs = _learner_step(strategy, learner, data[:NUM_WAKE])
+        report["auto"] = {"learner": applied, "conditional_form": logs["conditional_form"][0],
+                          "choices": _auto_choices(strategy, learner, data[:NUM_WAKE])}
 
     with strategy.scope():
         learner = AmortisedLearner(FactorAnalysisModel(1, 2, seed=1), num_sleep=NUM_SLEEP, num_holdout=NUM_HOLDOUT,

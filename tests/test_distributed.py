@@ -79,6 +79,18 @@ def test_learner_step_applies_the_surrogate_gradient(runs, form):
     np.testing.assert_allclose(report["learner"], report["surrogate"], rtol=1e-5, atol=1e-6)
 
 
+def test_the_replicas_of_an_auto_form_learner_choose_the_same_form(runs):
+    """Each replica measures both forms on its own held-out samples; the errors are summed over the replicas
+    before the choice, so both weight their sleep samples in the same form and the applied gradient is that form's
+    single-device gradient (a split choice would apply half of each, matching neither)."""
+    report = runs["mirrored"]
+    choices = np.array(report["auto"]["choices"])  # [seed, replica]; with 8 held-out samples per replica, each
+    assert (choices[:, 0] == choices[:, 1]).all()  # replica's own errors order the forms differently at some seeds
+    chosen = "conditional" if report["auto"]["conditional_form"] == 1. else "joint"
+    assert report["auto"]["conditional_form"] in (0., 1.)
+    np.testing.assert_allclose(report["auto"]["learner"], report[chosen]["oracle"], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("form", ["joint", "conditional"])
 def test_replicas_log_the_single_device_log_likelihood_estimate(runs, form):
     # Each replica holds half the wake rows and its own N / 2 + H sleep samples; the logged estimate is the

@@ -25,7 +25,7 @@ class AmortisedLearner(Learner):
        stateless seed from the learner's `keras.random.SeedGenerator`;
     2. regress: kernel ridge weights `alpha: [M, N]` from the first `num_sleep` sleep observations to the
        minibatch (one Cholesky factor, the `regression` layer);
-    3. update: inside a `tf.GradientTape`, the surrogate `s_m` (`form` "joint" or "conditional"), and one
+    3. update: inside a `tf.GradientTape`, the surrogate `s_m` (`form` "joint", "conditional" or "auto"), and one
        optimiser step on `-mean_m s_m`, whose gradient estimates `-mean_m grad log p_theta(x_m)`.
 
     Metrics: `log_likelihood`, the mean `log p_theta(x_m)` over the batch: exact where the model has a
@@ -62,10 +62,14 @@ class AmortisedLearner(Learner):
       generative_model: a `GenerativeModel` (a Keras layer that owns the parameters and implements
         `joint_distribution()`).
       num_sleep: number `N >= 2` of sleep samples per step.
-      form: `"conditional"` (default) or `"joint"` surrogate. The conditional form evaluates `M x N` likelihood
-        terms `log p(x_m | z_n)` a step, the joint form `N`; with a learning regression the conditional form
-        trained as well as exact-gradient ascent on all six benchmarked models, the joint form on four (README,
-        "Choosing the settings").
+      form: `"auto"` (default), `"conditional"` or `"joint"` surrogate. The conditional form evaluates `M x N`
+        likelihood terms `log p(x_m | z_n)` a step, the joint form `N`. With a learning regression the conditional
+        form trained as well as exact-gradient ascent on all six benchmarked models with an exact likelihood, the
+        joint form on four; on the blowfly series the conditional form fails and the joint form does not. `"auto"`
+        measures both forms' held-out error each step and takes the conditional form until the first step where
+        its error is more than `estimator.CONDITIONAL_TOLERANCE` (10) times the joint form's, and the joint form
+        from then on (the weight `conditional_failed`, saved and restored with the others); the metric
+        `conditional_form` is the share of steps in the conditional form (README, "Choosing the settings").
       regression: a `KernelRidge` layer (the regulariser lambda is its `ridge` argument); default
         `KernelRidge(learn=True)`: its bandwidth and ridge start from the median heuristic and 1e-3 and are
         trained each step on the held-out regression error (`regression_loss` of `amortised_step`, on
@@ -73,7 +77,8 @@ class AmortisedLearner(Learner):
         `KernelRidge()` for the fixed regression of 0.1.0 (a step 2.7-4.5x cheaper, biased where the median
         heuristic over-smooths).
       num_holdout: number of extra sleep samples held out of the regression, on which a learning regression trains
-        and `ridge_r2` is measured; 0 disables them (a fixed regression only).
+        and `ridge_r2` is measured, and by which the `"auto"` form chooses; 0 disables them (a fixed regression in
+        the joint or conditional form only).
       seed: integer seed of the sleep samples; the same seed, data and initial weights give the same run.
 
     #### Examples
@@ -86,9 +91,9 @@ class AmortisedLearner(Learner):
     ```
     """
 
-    metric_names = ("loss", "log_likelihood", "bandwidth", "ridge_r2", "jitter", "condition")
+    metric_names = ("loss", "log_likelihood", "bandwidth", "ridge_r2", "conditional_form", "jitter", "condition")
 
-    def __init__(self, generative_model, num_sleep=1000, form="conditional", regression=None, num_holdout=64, seed=None,
+    def __init__(self, generative_model, num_sleep=1000, form="auto", regression=None, num_holdout=64, seed=None,
                  **kwargs):
         if "ridge" in kwargs:
             raise TypeError(
@@ -109,6 +114,13 @@ class AmortisedLearner(Learner):
             raise ValueError("A learning regression (KernelRidge(learn=True), the default) is trained on held-out "
                              "sleep samples: num_holdout must be positive, or pass a fixed regression, "
                              f"regression=KernelRidge(). Received: num_holdout={num_holdout!r}")
+        if form == "auto" and not self.num_holdout:
+            raise ValueError("The 'auto' form (the default) chooses between the joint and conditional forms by their "
+                             "error on held-out sleep samples: num_holdout must be positive, or pass form='joint' or "
+                             f"form='conditional'. Received: num_holdout={num_holdout!r}")
+        if form == "auto":  # 1 once the conditional form has failed: saved, so a resumed run keeps the joint form
+            self.conditional_failed = self.add_weight(shape=(), initializer="zeros", trainable=False,
+                                                      aggregation="only_first_replica", name="conditional_failed")
 
     def compile(self, optimizer="rmsprop", regression_optimizer=None, **kwargs):
         """`keras.Model.compile`, and the optimiser of a learning regression's hyperparameters.
@@ -139,7 +151,8 @@ class AmortisedLearner(Learner):
                               observed=self.observed, regression=self.regression, form=self.form,
                               num_holdout=self.num_holdout, variables=self.generative_model.trainable_variables,
                               log_likelihood=exact is None and not training,
-                              held_out_error=self.regression.learn or not training)
+                              held_out_error=self.regression.learn or not training,
+                              conditional_allowed=self.form != "auto" or tf.equal(self.conditional_failed, 0.))
         loss = step.loss + step.regression_loss if self.regression.learn else step.loss
         logs = {"loss": distributed.total(tf.stop_gradient(step.loss)), **step.diagnostics}
         if exact is not None:
@@ -147,6 +160,11 @@ class AmortisedLearner(Learner):
             logs["log_likelihood"] = distributed.total(tf.reduce_sum(log_marginal)) / distributed.total(
                 tf.cast(tf.shape(log_marginal)[0], log_marginal.dtype))
         return loss, logs
+
+    def after_train_step(self, logs):
+        """With the `"auto"` form, marks the conditional form as failed after a step that left it (for good)."""
+        if self.form == "auto":
+            self.conditional_failed.assign(tf.maximum(self.conditional_failed, 1. - logs["conditional_form"]))
 
     def apply_gradients(self, gradients):
         """The model's gradients with `optimizer`, the learning regression's with `regression_optimizer`."""
