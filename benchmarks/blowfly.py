@@ -3,7 +3,7 @@
     python -m benchmarks.blowfly            # full run (see RESULTS.md for its wall time)
     python -m benchmarks.blowfly --quick    # a few minutes
     python -m benchmarks.blowfly --features # kernel on summary statistics (BlowflySummaries) of the log series
-    python -m benchmarks.blowfly --defaults # the learner's defaults: conditional form, learning regression
+    python -m benchmarks.blowfly --defaults # the learner's defaults: "auto" form, learning regression
 
 Prints two markdown tables (true vs learned parameters on simulated data, one column per seed; summary
 statistics of the real series against simulations of the model learned from it) and writes
@@ -33,7 +33,7 @@ SCALARS = ("growth", "threshold", "death", "reproduction_scale", "survival_scale
 def fit(series, num_sleep, steps, seed, features=False, defaults=False):
     """Fits a default-initialised `BlowflyModel` to log-count series `[M, 180]` (joint form, Adam 0.05, the fixed
     `KernelRidge()` of the tables); with `features`, the kernel acts on the standardised `BlowflySummaries` of
-    the series; with `defaults`, the learner's defaults (conditional form, `KernelRidge(learn=True)`)."""
+    the series; with `defaults`, the learner's defaults (the `"auto"` form, `KernelRidge(learn=True)`)."""
     model = BlowflyModel()
     if defaults:
         learner = AmortisedLearner(model, num_sleep=num_sleep, seed=seed)
@@ -41,7 +41,9 @@ def fit(series, num_sleep, steps, seed, features=False, defaults=False):
         ridge = KernelRidge(features=BlowflySummaries(), standardise_features=True) if features else KernelRidge()
         learner = AmortisedLearner(model, num_sleep=num_sleep, form="joint", seed=seed, regression=ridge)
     learner.compile(optimizer=keras.optimizers.Adam(0.05))
-    learner.fit(series, batch_size=series.shape[0], epochs=steps, verbose=0)
+    history = learner.fit(series, batch_size=series.shape[0], epochs=steps, verbose=0).history
+    if "conditional_form" in history:  # the "auto" form's choice
+        print(f"  seed {seed}: conditional form on {np.mean(history['conditional_form']):.0%} of the steps", flush=True)
     return model
 
 
@@ -63,7 +65,7 @@ def series_statistics(log_counts):
 def main():
     parser = benchmark_parser(__doc__, "fewer sleep samples, steps and seeds")
     parser.add_argument("--features", action="store_true", help="kernel on summary statistics of the series")
-    parser.add_argument("--defaults", action="store_true", help="the learner's defaults: conditional form, "
+    parser.add_argument("--defaults", action="store_true", help="the learner's defaults: \"auto\" form, "
                         "learning regression on the log counts")
     args = parser.parse_args()
     num_sleep, steps, seeds = (300, 60, (0,)) if args.quick else (1000, 300, (0, 1))
@@ -90,7 +92,7 @@ def main():
 
     print(machine_header())
     kernel_input = "29 standardised summary statistics" if args.features else "180 log counts"
-    setting = "conditional form, learning regression" if args.defaults else "joint form, fixed regression"
+    setting = "\"auto\" form, learning regression" if args.defaults else "joint form, fixed regression"
     print(f"\nN = {num_sleep} sleep series, {steps} Adam steps (lr 0.05), {setting}, Gaussian kernel on the "
           f"{kernel_input}; simulated data: 8 series per seed. Wall time {wall:.0f} s.\n")
     print(markdown_table(header, rows))

@@ -24,9 +24,9 @@ Three measurements, on six models with an exact `log_marginal`:
       `ExactGradientLearner` (exact gradient ascent) from the same initialisation, with the same optimiser
       (Adam, same learning rate), the same batches (`shuffle=False`), batch size and epochs; goal: within
       0.01 nats per observation (0.2 nats per series on the state-space model).
-  (c) timing: the median train-step time of learned (and learned-mse, ARD) relative to fixed, at N = 1000 and
-      4000 on the 1-D mixture and the sigmoid belief network, measured in one interleaved run (warm up, then
-      alternate).
+  (c) timing: the median train-step time of learned (and learned-mse, ARD) relative to fixed, in the joint form,
+      and of learned in the conditional and "auto" forms, at N = 1000 and 4000 on the 1-D mixture and the
+      sigmoid belief network, measured in one interleaved run (warm up, then alternate).
 
     python -m benchmarks.regression_quality                  # full size
     python -m benchmarks.regression_quality --quick          # a few minutes
@@ -58,7 +58,7 @@ import tensorflow as tf
 from benchmarks._report import benchmark_parser, machine_header, markdown_table, plot_path, save_figure
 from tfp_amortised import surrogate_log_marginal
 from tfp_amortised.baselines.exact import ExactGradientLearner
-from tfp_amortised.estimator import sleep
+from tfp_amortised.estimator import FORMS as ESTIMATOR_FORMS, sleep
 from tfp_amortised.evaluation import median_relative_error, per_point_gradients
 from tfp_amortised.learner import AmortisedLearner
 from tfp_amortised.models import (AutoregressiveStateSpaceModel, BernoulliMixtureModel, FactorAnalysisModel,
@@ -496,10 +496,13 @@ def learn(problem, setting, form, seed, args):
                         regression_optimizer=keras.optimizers.Adam(args.regression_lr))
     recorder = HeldOut(problem, model, every=max(1, problem.epochs // 10))
     selector = SelectRegression(every=args.select_every, tolerance=args.tolerance) if setting == "selected" else None
-    learner.fit(problem.train, batch_size=problem.batch_size, epochs=problem.epochs, shuffle=False, verbose=0,
-                callbacks=[recorder] + ([selector] if selector else []))
+    history = learner.fit(problem.train, batch_size=problem.batch_size, epochs=problem.epochs, shuffle=False,
+                          verbose=0, callbacks=[recorder] + ([selector] if selector else []))
     if selector:
         print(f"    {problem.name} {form} seed {seed}: {selection_trace(selector.history)}", flush=True)
+    if form == "auto":
+        print(f"    {problem.name} auto seed {seed}: conditional form on "
+              f"{np.mean(history.history['conditional_form']):.0%} of the steps", flush=True)
     return np.array(recorder.values)
 
 
@@ -566,8 +569,14 @@ def learning_table(problem_list, curves):
 # (c) step time
 
 
+# (regression setting, form) pairs timed by (c), interleaved; the first is the reference of the ratios.
+TIMED = (("fixed", "joint"), ("learned", "joint"), ("learned-mse", "joint"), ("learned-ard", "joint"),
+         ("learned", "conditional"), ("learned", "auto"))
+
+
 def timing_part(problem_list, args):
-    """Rows `(model, N, setting, median step s, ratio to fixed)` from one interleaved run per (model, N)."""
+    """Rows `(model, N, setting, form, median step s, ratio to fixed joint)` from one interleaved run per (model,
+    N): the `TIMED` pairs."""
     rows = []
     for problem in problem_list:
         if problem.name not in ("mixture_1d", "sigmoid_belief"):
@@ -575,8 +584,8 @@ def timing_part(problem_list, args):
         batch = tf.constant(problem.train[:problem.batch_size])
         for num_sleep in args.timing_sizes:
             learners = {}
-            for setting in ("fixed", "learned", "learned-mse", "learned-ard"):
-                learner = AmortisedLearner(problem.initial_model(0), num_sleep=num_sleep, form="joint",
+            for setting, form in TIMED:
+                learner = AmortisedLearner(problem.initial_model(0), num_sleep=num_sleep, form=form,
                                            regression=regression_layer(setting), seed=0)
                 learner.compile(optimizer=keras.optimizers.Adam(problem.learning_rate),
                                 regression_optimizer=keras.optimizers.Adam(args.regression_lr))
@@ -584,25 +593,25 @@ def timing_part(problem_list, args):
                     learner.regression.initialise(learner.sample(num_sleep, seed=[0, 1])["x"])
                 for _ in range(3):  # warm up: trace, then two steps
                     learner.train_on_batch(batch)
-                learners[setting] = learner
-            times = {setting: [] for setting in learners}
+                learners[setting, form] = learner
+            times = {key: [] for key in learners}
             for _ in range(args.timing_repeats):
-                for setting, learner in learners.items():
+                for key, learner in learners.items():
                     start = time.perf_counter()
                     learner.train_on_batch(batch)
-                    times[setting].append(time.perf_counter() - start)
-            fixed = float(np.median(times["fixed"]))
-            for setting, values in times.items():
+                    times[key].append(time.perf_counter() - start)
+            fixed = float(np.median(times[TIMED[0]]))
+            for (setting, form), values in times.items():
                 median = float(np.median(values))
-                rows.append((problem.name, num_sleep, setting, median, median / fixed))
+                rows.append((problem.name, num_sleep, setting, form, median, median / fixed))
             print(f"  timing {problem.name} N={num_sleep} done", flush=True)
     return rows
 
 
 def timing_table(rows):
-    return markdown_table(["model", "N", "regression", "median step (s)", "relative to fixed"],
-                          [[name, size, setting, f"{median:.4f}", f"{ratio:.2f}"]
-                           for name, size, setting, median, ratio in rows])
+    return markdown_table(["model", "N", "regression", "form", "median step (s)", "relative to fixed joint"],
+                          [[name, size, setting, form, f"{median:.4f}", f"{ratio:.2f}"]
+                           for name, size, setting, form, median, ratio in rows])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -781,8 +790,8 @@ def main():
         if unknown:
             parser.error(f"--settings: unknown {sorted(unknown)}. Received: --settings={args.settings}")
     LEARNING_FORMS = tuple(args.forms.split(","))
-    if set(LEARNING_FORMS) - set(FORMS):
-        parser.error(f"--forms must be a subset of {','.join(FORMS)}. Received: --forms={args.forms}")
+    if set(LEARNING_FORMS) - set(ESTIMATOR_FORMS):
+        parser.error(f"--forms must be a subset of {','.join(ESTIMATOR_FORMS)}. Received: --forms={args.forms}")
     if args.sweep_lrs:
         REGRESSION_LRS = tuple(float(value) for value in args.sweep_lrs.split(","))
     args.seeds = args.seeds or (2 if args.quick else 5)
