@@ -208,6 +208,16 @@ def test_ridge_weights_is_a_pure_function():
     assert float(jitter) == 0.
 
 
+def test_median_bandwidth_is_the_same_far_from_the_origin():
+    """Distances do not depend on where the rows are: rows 1e4 from the origin with spread 0.01 have the median of
+    the same rows at the origin (in float32 their squared norms, 1e8 each, round the distance expansion to
+    multiples of about 10, below which the median fell back to the constant 1 before the rows were centred)."""
+    x = 0.01 * np.random.default_rng(3).normal(size=[500, 3]).astype(np.float32)
+    near = float(median_bandwidth(x))
+    np.testing.assert_allclose(float(median_bandwidth(x + np.float32(1e4))), near, rtol=1e-2)
+    assert 0.01 < near < 0.04  # sqrt(2 * 3) * 0.01 = 0.024 is the root-mean-square distance
+
+
 def test_median_bandwidth_of_discrete_data_stays_positive():
     # 80% of the rows are the same point: most pairwise distances are 0, so the median is 0. The fallback is
     # the root-mean-square distance, sqrt(2 p (1 - p)) for two points at unit distance, p = 0.2: sqrt(0.32).

@@ -186,7 +186,9 @@ def median_bandwidth(x, bandwidth_subsample=DEFAULTS["bandwidth_subsample"]):
     zero self-distances to bias the median. Cost O(bandwidth_subsample^2 D), not O(N^2 D).
 
     When more than half of the pairs coincide (discrete observations), the median is 0 and would give a
-    degenerate kernel: the root-mean-square distance is used instead, and 1 when every row is the same.
+    degenerate kernel: the root-mean-square distance is used instead, and 1 when every row is the same. The rows
+    are centred first (as in `nearest_neighbour_distance`): distances do not change, and far from the origin the
+    squared norms of the distance expansion would round away a small spread (and send it to the fallback).
 
     Args:
       x: `Tensor[N, D]` of i.i.d. rows, `N >= 2`.
@@ -201,6 +203,7 @@ def median_bandwidth(x, bandwidth_subsample=DEFAULTS["bandwidth_subsample"]):
         half = min(bandwidth_subsample, x.shape[0]) // 2
     else:  # the number of rows is known only when the graph runs
         half = tf.minimum(bandwidth_subsample, tf.shape(x)[0]) // 2
+    x = x - tf.reduce_mean(x, 0)
     first, second = x[:half], x[half:2 * half]
     square_distance = tf.maximum(_square_distances(first, second), 0.)
     median = _median(tf.reshape(square_distance, [-1]))
@@ -686,7 +689,7 @@ class KernelRidge(keras.layers.Layer):
             return learned
         # Until `initialise` has run, the median heuristic (a `tf.cond`: only the branch taken is computed).
         return tf.cond(self.initialised > 0., lambda: learned, lambda: tf.broadcast_to(
-            median_bandwidth(sleep_inputs - tf.reduce_mean(sleep_inputs, 0), self.bandwidth_subsample),
+            median_bandwidth(sleep_inputs, self.bandwidth_subsample),
             tf.shape(learned)))
 
     def _bounded(self, bandwidth, sleep_inputs):
@@ -701,7 +704,7 @@ class KernelRidge(keras.layers.Layer):
         typical = tf.exp(tf.reduce_mean(tf.math.log(bandwidth)))  # d(x / l) = d(x / ratios) / typical, no overflow
         inputs = sleep_inputs / (bandwidth / typical)
         nearest = nearest_neighbour_distance(inputs, self.bandwidth_subsample) / typical
-        median = median_bandwidth(inputs - tf.reduce_mean(inputs, 0), self.bandwidth_subsample) / typical
+        median = median_bandwidth(inputs, self.bandwidth_subsample) / typical
         return _rescaled(bandwidth, tf.maximum(nearest, tf.minimum(median, tf.ones([], median.dtype))))
 
     def _solver_options(self):
