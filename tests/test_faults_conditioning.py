@@ -185,7 +185,7 @@ def _poisson_learner(solver, escalate, mode):
     options = {"random_features": {"num_features": 64}, "nystrom": {"num_inducing": 64}}.get(solver, {})
     regression = KernelRidge(bandwidth=1., ridge=1e-8, solver=solver, escalate=escalate, **options)
     learner = AmortisedLearner(HierarchicalPoissonModel(1, concentration=2., rate=1.), num_sleep=300,
-                               num_holdout=0, regression=regression, seed=3)
+                               num_holdout=0, regression=regression, seed=3, form="conditional")
     learner.compile(optimizer=keras.optimizers.Adam(0.01), **MODES_COMPILE[mode])
     return learner
 

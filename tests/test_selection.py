@@ -272,7 +272,8 @@ def test_select_regression_needs_a_fixed_bandwidth():
 
 def test_callback_selects_every_few_steps_and_the_choice_survives_saving(tmp_path):
     model, x = _mixture()
-    learner = AmortisedLearner(model, num_sleep=200, regression=KernelRidge(bandwidth=1.), num_holdout=0, seed=3)
+    learner = AmortisedLearner(model, num_sleep=200, regression=KernelRidge(bandwidth=1.), num_holdout=0, seed=3,
+                               form="conditional")
     learner.compile(optimizer=keras.optimizers.SGD(0.))  # the model stays put: every selection sees the same model
     callback = SelectRegression(every=2, num_sleep=300, targets="log_joint", tolerance=0)  # the plain arg-min
     learner.fit(x, batch_size=20, epochs=1, verbose=0, callbacks=[callback])  # 3 steps: selections before 1 and 3
@@ -288,7 +289,8 @@ def test_callback_selects_every_few_steps_and_the_choice_survives_saving(tmp_pat
 
 def test_callback_keeps_its_first_choice_within_one_standard_error():
     model, x = _mixture()
-    learner = AmortisedLearner(model, num_sleep=200, regression=KernelRidge(bandwidth=1.), num_holdout=0, seed=3)
+    learner = AmortisedLearner(model, num_sleep=200, regression=KernelRidge(bandwidth=1.), num_holdout=0, seed=3,
+                               form="conditional")
     learner.compile(optimizer=keras.optimizers.SGD(0.))
     callback = SelectRegression(every=2, num_sleep=300, targets="log_joint")  # tolerance=1.
     learner.fit(x, batch_size=20, epochs=1, verbose=0, callbacks=[callback])  # selections before steps 1 and 3
