@@ -43,10 +43,11 @@ def markdown_table(header, rows, float_format="{:.4g}"):
     return "\n".join(lines)
 
 
-def plot_path(name):
-    """Path of a benchmark's PNG under benchmarks/plots/, creating the folder."""
+def plot_path(stem, quick=False):
+    """Path of a benchmark's PNG `stem.png` under benchmarks/plots/ (`stem_quick.png` for a `--quick` run, which
+    must not overwrite the plot of a full run), creating the folder."""
     os.makedirs(PLOT_DIR, exist_ok=True)
-    return os.path.join(PLOT_DIR, name)
+    return os.path.join(PLOT_DIR, f"{stem}{'_quick' if quick else ''}.png")
 
 
 def save_figure(figure, path):

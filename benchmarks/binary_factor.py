@@ -125,7 +125,7 @@ def main():
     denoisers["VAE: mean of p(x given z) under q(z given x)"] = vae_denoiser(vae)
     rows = [[name, error_rate(denoise(test), test), *[error_rate(denoise(noisy[rate]), test) for rate in TEST_FLIPS]]
             for name, denoise in denoisers.items()]
-    path = plot_path("binary_factor.png")
+    path = plot_path("binary_factor", quick=args.quick)
     first = next(name for name in denoisers if name.startswith("amortised"))  # the first setting's E[p(x | z) | x]
     plot(test.numpy(), noisy[0.1].numpy(), denoisers[first](noisy[0.1]).numpy(),
          learners[0].generative_model.loading.numpy(), path)

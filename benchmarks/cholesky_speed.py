@@ -109,7 +109,7 @@ def blas_header():
                      for pool in pools) or "no BLAS thread pool found"
 
 
-def plot(sizes, results):
+def plot(sizes, results, quick=False):
     """Time against `N`, log-log, for the factorisations and the forward+backward passes."""
     figure, axis = plt.subplots(figsize=(6, 4.5))
     for name in ("tf.linalg.cholesky", "cholesky", "scipy", "tf.linalg.cholesky fwd+bwd", "cholesky fwd+bwd"):
@@ -118,7 +118,7 @@ def plot(sizes, results):
     axis.set_ylabel("seconds (median)")
     axis.set_title("Cholesky of an N x N float32 Gram matrix")
     axis.legend()
-    save_figure(figure, plot_path("cholesky_speed.png"))
+    save_figure(figure, plot_path("cholesky_speed", quick=quick))
 
 
 def main():
@@ -143,7 +143,7 @@ def main():
     print("\nSeconds (median) of `cholesky` for each block size:\n")
     print(markdown_table(["N"] + [f"b={b}" for b in BLOCK_SIZES],
                          [[n] + [results[n].get(f"b={b}", "-") for b in BLOCK_SIZES] for n in sizes]))
-    plot(sizes, results)
+    plot(sizes, results, args.quick)
 
 
 if __name__ == "__main__":

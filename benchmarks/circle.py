@@ -97,7 +97,7 @@ def main():
         learner.fit(x, batch_size=100, epochs=epochs, verbose=0)
         trained = {**scores(learner, x_test, clean_test, num_samples, seed=2), "CPU s": time.process_time() - cpu}
         rows.append([f"amortised learning, {setting} regression", *[trained[name] for name in columns]])
-        path = plot_path(f"circle_{setting}.png" if len(settings) > 1 else "circle.png")
+        path = plot_path(f"circle_{setting}" if len(settings) > 1 else "circle", quick=args.quick)
         plot(trained, path)
         print(f"{setting}: {[trained[name] for name in columns]}; plot {path}", flush=True)
     truth = {"kuiper V": float(kuiper_test(angle_test)[0]), "p-value": float(kuiper_test(angle_test)[1]),

@@ -106,7 +106,7 @@ def main():
     settings, sizes, repeats = (SETTINGS[:2], SIZES[:4], 1) if args.quick else (SETTINGS, SIZES, 3)
     start = time.time()
     errors = run(settings, sizes, repeats)
-    path = plot_path("gradient_estimation.png")
+    path = plot_path("gradient_estimation", quick=args.quick)
     plot(errors, sizes, path)
     rows = [[f"b={setting[0]}, σx={setting[1]}", method, *errors[setting, method]] for setting, method in errors]
     print(machine_header())

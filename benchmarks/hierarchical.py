@@ -197,7 +197,7 @@ def main():
     seeds, sleep_sizes, epochs = (range(1), (200,), 8) if args.quick else (range(4), (200, 1000), 30)
     start = time.time()
     all_results = {setting: run_setting(setting, seeds, sleep_sizes, epochs) for setting in SETTINGS}
-    path = plot_path("hierarchical_quick.png" if args.quick else "hierarchical.png")
+    path = plot_path("hierarchical", quick=args.quick)
     plot(all_results, path)
     rows = [row for setting, (results, _) in all_results.items() for row in table_rows(setting, results)]
     print(machine_header())

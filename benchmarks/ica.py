@@ -220,7 +220,7 @@ def main():
         all_results[num_sources], error = run_size(num_sources, seeds, sleep_sizes, epochs, args.regressions)
         largest_error = max(largest_error, error)
         rows += table_rows(num_sources, all_results[num_sources])
-    path = plot_path("ica_quick.png" if args.quick else "ica.png")
+    path = plot_path("ica", quick=args.quick)
     plot(all_results, path)
     print(machine_header())
     print(f"\nsquare noisy ICA, Laplace sources, noise 0.1; {NUM_TRAIN} training / {NUM_TEST} test points per seed; "

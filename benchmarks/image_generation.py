@@ -145,7 +145,7 @@ def main():
             if seed == seeds[0] and title:
                 grids[title] = means
             print(f"seed {seed}, {name}: {result}, CPU {cpu:.0f} s", flush=True)
-    path = plot_path("image_generation.png")
+    path = plot_path("image_generation", quick=args.quick)
     plot(grids, path)
     rows = [["training digits (floor)", *[f"{floor[column]:.3g}" for column in COLUMNS], "", "", ""]]
     rows += [[name, *[summary(result, column) for column in [*COLUMNS, "test log p(x)", "sigma", "CPU s"]]]

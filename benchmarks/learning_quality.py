@@ -201,7 +201,7 @@ def summarise(problem, results, steps):
     return markdown_table(header, rows)
 
 
-def plot(problem, results, suffix=""):
+def plot(problem, results, quick=False):
     figure, axis = plt.subplots(figsize=(6, 4))
     for colour, method in zip(("C0", "C1", "C2", "C3"), METHODS):
         for index, curve in enumerate(results[method]):
@@ -214,7 +214,7 @@ def plot(problem, results, suffix=""):
     axis.set(xlabel="training CPU time (s)", ylabel="held-out exact log p(x) per point",
              title=f"{problem.name}: one line per seed")
     axis.legend(loc="lower right", fontsize=8)
-    path = plot_path(f"learning_quality_{problem.name}{suffix}.png")
+    path = plot_path(f"learning_quality_{problem.name}", quick=quick)
     save_figure(figure, path)
     return path
 
@@ -249,7 +249,7 @@ def main():
     for name in names:
         problem = factories[name](num_train, num_test)
         results = {method: [run(problem, method, seed, args) for seed in range(args.seeds)] for method in METHODS}
-        path = plot(problem, results, "_quick" if args.quick else "")
+        path = plot(problem, results, args.quick)
         print(f"\n### {name}\n\n{summarise(problem, results, args.steps)}\n\nplot: {path}")
     print(f"\ntotal wall time {time.perf_counter() - start:.0f} s, CPU time {time.process_time():.0f} s")
 

@@ -114,8 +114,8 @@ def main():
     curves = {variant_name(form, setting): [
         learn(x_train, x_test, initial_means(x_train, seed), form=form, num_sleep=num_sleep, epochs=epochs,
               seed=seed, setting=setting) for seed in seeds] for form, setting in variants}
-    path = plot_path(("mixture" if args.regressions == ("fixed",) else f"mixture_{'_'.join(args.regressions)}")
-                     + ("_quick.png" if args.quick else ".png"))
+    path = plot_path("mixture" if args.regressions == ("fixed",) else f"mixture_{'_'.join(args.regressions)}",
+                     quick=args.quick)
     plot(curves, em, truth_score, path)
     final = {name: np.array([curve[-1] for curve in values]) for name, values in curves.items()}
     rows = [[seed, *[final[name][seed] for name in final], *[final[name][seed] - em for name in final]]

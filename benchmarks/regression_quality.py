@@ -777,7 +777,7 @@ def main():
                         "their last (possibly partial) tables, merged, to regression_quality.png, and exit")
     args = parser.parse_args()
     if args.plot_from:
-        path = plot_path("regression_quality.png")
+        path = plot_path("regression_quality")
         plot_from_logs(args.plot_from.split(","), path)
         print(f"plot: {path}")
         return
@@ -832,8 +832,8 @@ def main():
     outputs = []
     if "gradient" in parts and args.hindsight:
         rows = hindsight_part(problem_list, args)
-        suffix = ("_quick" if args.quick else "") + ("_" + args.models.replace(",", "_") if args.models else "")
-        path = plot_path(f"regression_quality_hindsight{suffix}.png")
+        suffix = "_" + args.models.replace(",", "_") if args.models else ""
+        path = plot_path(f"regression_quality_hindsight{suffix}", quick=args.quick)
         plot_hindsight(rows, path)
         outputs.append("### (a) Gradient error of the best fixed hyperparameters in hindsight (median relative "
                        f"error, mean over {args.repeats} sleep seeds)\n\n{hindsight_table(rows)}\n\nplot: {path}")
@@ -871,9 +871,9 @@ def main():
                        f"{args.timing_repeats} steps; machine shared with other jobs: rerun with --only timing on a "
                        f"quiet machine)\n\n{timing_table(timing)}")
     if gradient_results is not None or curves is not None:
-        suffix = (("_quick" if args.quick else "") + (f"_{args.only}" if args.only else "")
-                  + (f"_{args.models.replace(',', '_')}" if args.models else "") + run_suffix)
-        path = plot_path(f"regression_quality{suffix}.png")
+        suffix = ((f"_{args.only}" if args.only else "") + (f"_{args.models.replace(',', '_')}" if args.models else "")
+                  + run_suffix)
+        path = plot_path(f"regression_quality{suffix}", quick=args.quick)
         plot(problem_list, gradient_results, curves, args, path)
         outputs.append(f"plot: {path}")
     print("\n" + "\n\n".join(outputs))

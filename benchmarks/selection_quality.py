@@ -194,8 +194,8 @@ def main():
     outputs = []
     if args.only in (None, "gradient"):
         results = gradient_part(problem_list, args)
-        suffix = ("_quick" if args.quick else "") + (f"_{args.models.replace(',', '_')}" if args.models else "")
-        path = plot_path(f"selection_quality{suffix}.png")
+        suffix = f"_{args.models.replace(',', '_')}" if args.models else ""
+        path = plot_path(f"selection_quality{suffix}", quick=args.quick)
         plot(results, args.sizes, path)
         outputs += [f"### (a) Gradient error (median relative error, mean over {args.repeats} sleep seeds; "
                     "selections: (chosen bandwidth / median, chosen ridge))\n\n" + gradient_table(results, args.sizes),

@@ -409,7 +409,7 @@ def main():
         results = run(configs, options, repeats)
         print(table(results, options))
         suffix = "".join("_" + row.replace(":", "_") for row in sorted(args.only or []))
-        path = plot_path(f"step_speed{'_quick' if args.quick else ''}{suffix}.png")
+        path = plot_path(f"step_speed{suffix}", quick=args.quick)
         plot(results, path)
         print(f"plot: {path}")
     if "autobatched" in only:
