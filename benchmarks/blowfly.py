@@ -100,8 +100,8 @@ def main():
     print(markdown_table(["parameter", "learned"], real_rows))
     print("\nNicholson's series against 200 simulations of the learned model (mean ± sd over simulations):\n")
     print(markdown_table(["statistic", "data", "learned model"], stats_rows))
-    path = plot_path("blowfly" + ("_features" if args.features else "") + ("_defaults" if args.defaults else "")
-                     + ("_quick" if args.quick else "") + ".png")
+    path = plot_path("blowfly" + ("_features" if args.features else "") + ("_defaults" if args.defaults else ""),
+                     quick=args.quick)
     plot(real[0], simulations[:3], path)
     print(f"\nPlot: {path}")
 

@@ -19,7 +19,7 @@ Predictors:
   - Bayes-optimal: `sine_posterior_mean` under the true prior and noise (quadrature);
   - prior mean `E[a] E[cos s] sin t` and the constant 0;
   - with `--learned`, amortised learned, importance: a third model, identical at initialisation, trained with the
-    learner's defaults (`AmortisedLearner(model)`: conditional form, learning regression), scored as the
+    learner's defaults (`AmortisedLearner(model)`: "auto" form, learning regression), scored as the
     amortised one.
 
     python -m benchmarks.neural_process [--quick] [--learned]
@@ -162,7 +162,7 @@ def plot(errors, example, inputs, at, path, learned=False):
 def main():
     parser = benchmark_parser(__doc__, "1 seed, 1000 functions, 10 epochs")
     parser.add_argument("--learned", action="store_true", help="also train a model with the learner's defaults "
-                        "(conditional form, learning regression)")
+                        "(\"auto\" form, learning regression)")
     args = parser.parse_args()
     config = {"num_train": 2000, "num_test": 500, "epochs": 50, "num_sleep": 500, "predict_sleep": 2000,
               "importance_samples": 5000, "num_samples": 4000, "learning_rate": 3e-3, "seeds": (0, 1, 2)}
@@ -174,8 +174,7 @@ def main():
     at = tf.linspace(-math.pi, math.pi, 64)
     results = [run_seed(seed, inputs, at, config, args.learned) for seed in config["seeds"]]
     errors = [result[0] for result in results]
-    path = plot_path("neural_process" + ("_learned" if args.learned else "") + ("_quick" if args.quick else "")
-                     + ".png")
+    path = plot_path("neural_process" + ("_learned" if args.learned else ""), quick=args.quick)
     plot(errors, results[0][3], inputs, at, path, args.learned)
 
     def cell(method, size):

@@ -50,7 +50,7 @@ def main(argv=None):
     truth, x = simulate(3000, seed=(1, 2))
     x_train, x_test = x[:2500], x[2500:]
     model = GaussianMixtureModel(num_components=3, data_dim=2, scale=1.5, seed=4)
-    learner = AmortisedLearner(model, num_sleep=args.num_sleep, seed=0)  # conditional form, learning regression
+    learner = AmortisedLearner(model, num_sleep=args.num_sleep, seed=0)  # the defaults
     learner.compile(optimizer=keras.optimizers.Adam(0.05))
 
     held_out = []
