@@ -250,20 +250,11 @@ def amortised_step(joint, wake_x, *, num_sleep, seed, observed="x", regression=N
     held_out_loss = tf.zeros([], weights.dtype)
     if measure:
         held_out = {name: value[num_local:] for name, value in sample.items()}
-        projection_seed = tf.random.experimental.stateless_fold_in(step_seed, 1)
-        errors, fitted, target = {}, {}, None
-        for measured in (SURROGATE_FORMS if form == "auto" else (form,)):
-            fitted[measured], target = held_out_targets(joint_fn, fit, held_out, observed, measured, variables,
-                                                        projection_seed)
-            errors[measured] = regression_loss(fitted[measured], target, weights[num_wake:])
+        fitted, target, held_out_loss, use_conditional = _held_out_error(
+            joint_fn, fit, held_out, observed, form, variables, tf.random.experimental.stateless_fold_in(step_seed, 1),
+            weights[num_wake:], conditional_allowed)
         if form == "auto":
-            use_conditional = tf.logical_and(conditional_allowed, choose_conditional(errors))
             diagnostics["conditional_form"] = tf.cast(use_conditional, weights.dtype)
-            fitted = tf.where(use_conditional, fitted["conditional"],
-                              tf.broadcast_to(fitted["joint"], tf.shape(fitted["conditional"])))
-            held_out_loss = tf.where(use_conditional, errors["conditional"], errors["joint"])
-        else:
-            fitted, held_out_loss = fitted[form], errors[form]
         diagnostics["ridge_r2"] = 1. - held_out_loss
         if regression is not None and regression.learn and regression.variance_weight < 1.:
             held_out_loss -= (1. - regression.variance_weight) * split_half_variance(
@@ -284,6 +275,26 @@ def amortised_step(joint, wake_x, *, num_sleep, seed, observed="x", regression=N
             prior_log_likelihood(joint, sample, all_wake_x, observed=observed))
     return AmortisedStep(surrogate, loss, {name: tf.stop_gradient(value) for name, value in diagnostics.items()},
                          held_out_loss)
+
+
+def _held_out_error(joint, fit, held_out, observed, form, variables, seed, holdout_weights, conditional_allowed):
+    """The held-out error of the step's form and what it was computed from; for `"auto"`, of the form it chooses.
+
+    Returns:
+      `(fitted, target, error, use_conditional)`: the regressed values (`[N, K]` or `[H, N, K]`; for `"auto"`
+      always `[H, N, K]`), the held-out targets `[H, K]` (`held_out_targets`), the scalar `regression_loss`, and
+      for `"auto"` the scalar bool choice (None for the other forms).
+    """
+    fitted, errors, target = {}, {}, None
+    for measured in (SURROGATE_FORMS if form == "auto" else (form,)):
+        fitted[measured], target = held_out_targets(joint, fit, held_out, observed, measured, variables, seed)
+        errors[measured] = regression_loss(fitted[measured], target, holdout_weights)
+    if form != "auto":
+        return fitted[form], target, errors[form], None
+    use_conditional = tf.logical_and(conditional_allowed, choose_conditional(errors))
+    fitted = tf.where(use_conditional, fitted["conditional"],
+                      tf.broadcast_to(fitted["joint"], tf.shape(fitted["conditional"])))
+    return fitted, target, tf.where(use_conditional, errors["conditional"], errors["joint"]), use_conditional
 
 
 def choose_conditional(errors):
