@@ -37,9 +37,10 @@ class AmortisedLearner(Learner):
     only its gradient means something), `bandwidth` (the kernel's length scale; the mean one with ARD),
     `ridge_r2` (the fraction of the variance of the regressed gradient, projected on random directions, that the
     ridge regression predicts at `num_holdout` held-out sleep points: an out-of-sample check of the regression
-    the step relies on, comparable across steps; in training only when the regression learns, always in
-    evaluation: `val_ridge_r2`), `jitter` (the diagonal shift the Cholesky needed; nonzero flags a near-singular
-    Gram matrix, which was repaired) and `condition` (the estimated condition number of the regression's linear
+    the step relies on, comparable across steps; in training when the regression learns or the form is `"auto"`,
+    always in evaluation: `val_ridge_r2`), `conditional_form` (with the `"auto"` form: the share of steps in
+    the conditional form), `jitter` (the diagonal shift the Cholesky needed; nonzero flags a near-singular Gram
+    matrix, which was repaired) and `condition` (the estimated condition number of the regression's linear
     system; `fit` warns when it is too large for the precision solved in), and the counts `skipped_steps` and
     `invalid_batches`:
     a step whose batch is invalid or whose loss or gradient is not finite is skipped, leaving the weights and the
