@@ -10,10 +10,12 @@ sizes `N`, and with the kernel on the log of the group total, `log(1 + sum_i x_i
 the total is a sufficient statistic for the rate), and with the learner's default, a learning kernel on the raw
 counts (`KernelRidge(learn=True)`, 64 held-out sleep samples), at the larger `N`.
 
-Reference: exact maximum likelihood of the same training data, L-BFGS (SciPy) on the closed-form `log p(x)`
-(`HierarchicalPoissonModel.log_marginal`) to gradient norm 1e-6. Scores: the learned `alpha`, `beta` and
-prior mean `alpha / beta` (mean ± sd over seeds), their difference to the exact MLE of the same data, and the
-exact held-out log-likelihood per group. CPU seconds (process time, all threads) include tracing.
+References: exact maximum likelihood of the same training data, L-BFGS (SciPy) on the closed-form `log p(x)`
+(`HierarchicalPoissonModel.log_marginal`) to gradient norm 1e-6; and the fair oracle of the learners,
+exact-gradient ascent (`ExactGradientLearner`) from the same start with the same optimiser, batches and epochs.
+Scores: the learned `alpha`, `beta` and prior mean `alpha / beta` (mean ± sd over seeds), their difference to the
+exact MLE of the same data, and the exact held-out log-likelihood per group. CPU seconds (process time, all
+threads) include tracing.
 
     python -m benchmarks.hierarchical [--quick]
 """
@@ -27,6 +29,7 @@ import tensorflow as tf
 from scipy.optimize import minimize
 
 from benchmarks._report import EpochRecorder, benchmark_parser, machine_header, markdown_table, plot_path, save_figure
+from tfp_amortised.baselines.exact import ExactGradientLearner
 from tfp_amortised.learner import AmortisedLearner
 from tfp_amortised.models.hierarchical import HierarchicalPoissonModel
 from tfp_amortised.ridge import KernelRidge
@@ -51,13 +54,25 @@ def log_total_count(x):
     return tf.math.log1p(tf.reduce_sum(x, -1, keepdims=True))
 
 
-def amortised_variants(sleep_sizes):
-    """`{label: (num_sleep, ridge factory)}`: the fixed kernel at every size; at the last, the total-count kernel
-    and the learner's default, a learning kernel on the raw counts (`KernelRidge(learn=True)`)."""
-    variants = {f"amortised, N={size}": (size, KernelRidge) for size in sleep_sizes}
-    variants[f"amortised, N={sleep_sizes[-1]}, kernel on log(1+Σx)"] = (
+def amortised(num_sleep, ridge):
+    """A factory `(model, seed) -> AmortisedLearner` (conditional form) with `num_sleep` and the regression `ridge()`;
+    held-out sleep samples only for a learning regression."""
+    def make(model, seed):
+        regression = ridge()
+        return AmortisedLearner(model, num_sleep=num_sleep, form="conditional", regression=regression,
+                                num_holdout=64 if regression.learn else 0, seed=seed)
+    return make
+
+
+def learners(sleep_sizes):
+    """`{label: learner factory}`: exact-gradient ascent (the fair oracle: the same start, optimiser and batches);
+    the fixed kernel at every size; at the last, the total-count kernel and the learner's default, a learning
+    kernel on the raw counts (`KernelRidge(learn=True)`)."""
+    variants = {"exact gradient": lambda model, seed: ExactGradientLearner(model, seed=seed)}
+    variants.update({f"amortised, N={size}": amortised(size, KernelRidge) for size in sleep_sizes})
+    variants[f"amortised, N={sleep_sizes[-1]}, kernel on log(1+Σx)"] = amortised(
         sleep_sizes[-1], lambda: KernelRidge(features=log_total_count))
-    variants[f"amortised, N={sleep_sizes[-1]}, learned"] = (sleep_sizes[-1], lambda: KernelRidge(learn=True))
+    variants[f"amortised, N={sleep_sizes[-1]}, learned"] = amortised(sleep_sizes[-1], lambda: KernelRidge(learn=True))
     return variants
 
 
@@ -90,12 +105,12 @@ def exact_maximum_likelihood(x):
     return model
 
 
-def train(x_train, num_sleep, ridge, seed, epochs):
-    """Amortised learning from `alpha = beta = 1`; returns `(model, path [epochs + 1, 2], CPU seconds)`."""
+def train(x_train, make_learner, seed, epochs):
+    """Trains `make_learner(model, seed)` from `alpha = beta = 1` (the same batches for every learner of a seed);
+    returns `(model, path [epochs + 1, 2], CPU seconds)`."""
     keras.utils.set_random_seed(seed)
     model = HierarchicalPoissonModel(x_train.shape[1])
-    learner = AmortisedLearner(model, num_sleep=num_sleep, form="conditional", regression=ridge,
-                               num_holdout=64 if ridge.learn else 0, seed=seed)
+    learner = make_learner(model, seed)
     learner.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE))
     recorder = EpochRecorder(lambda: parameters(model)[:2])
     start = time.process_time()
@@ -107,7 +122,7 @@ def run_setting(setting, seeds, sleep_sizes, epochs):
     """Every method on each seed's data: `{method: {"parameters": [seeds, 3], "log_lik": [seeds], "cpu": [seeds],
     "path": [...]}}` and seed 0's training data."""
     group_size, alpha, beta = setting
-    variants = amortised_variants(sleep_sizes)
+    variants = learners(sleep_sizes)
     methods = ["truth", "exact ML", *variants]
     results = {method: {"parameters": [], "log_lik": [], "cpu": [], "path": []} for method in methods}
     first_train = None
@@ -117,8 +132,8 @@ def run_setting(setting, seeds, sleep_sizes, epochs):
         fitted = {"truth": (HierarchicalPoissonModel(group_size, concentration=alpha, rate=beta), None, np.nan)}
         start = time.process_time()
         fitted["exact ML"] = (exact_maximum_likelihood(x_train), None, time.process_time() - start)
-        for label, (size, ridge) in variants.items():
-            fitted[label] = train(x_train, size, ridge(), seed, epochs)
+        for label, make_learner in variants.items():
+            fitted[label] = train(x_train, make_learner, seed, epochs)
         for method, (model, path, cpu) in fitted.items():
             results[method]["parameters"].append(parameters(model))
             results[method]["log_lik"].append(mean_log_likelihood(model, x_test))
@@ -130,24 +145,24 @@ def run_setting(setting, seeds, sleep_sizes, epochs):
 
 def table_rows(setting, results):
     """Markdown rows: one per parameter and one for the held-out log-likelihood, one column per method, then
-    each amortised learner's difference to the exact MLE of the same data (mean ± sd over seeds)."""
+    each trained learner's difference to the exact MLE of the same data (mean ± sd over seeds)."""
     def spread(values, digits=3):
         return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
 
     label = f"n={setting[0]}"
-    amortised = [method for method in results if method.startswith("amortised")]
+    trained = [method for method in results if method not in ("truth", "exact ML")]
     rows = []
     for index, name in enumerate(PARAMETERS):
         column = {method: result["parameters"][:, index] for method, result in results.items()}
         rows.append([label, name, f"{column['truth'][0]:.3f}", spread(column["exact ML"]),
-                     *[spread(column[method]) for method in amortised],
-                     *[spread(column[method] - column["exact ML"]) for method in amortised]])
+                     *[spread(column[method]) for method in trained],
+                     *[spread(column[method] - column["exact ML"]) for method in trained]])
     column = {method: result["log_lik"] for method, result in results.items()}
     rows.append([label, "held-out log p(x) / group", spread(column["truth"]), spread(column["exact ML"]),
-                 *[spread(column[method]) for method in amortised],
-                 *[spread(column[method] - column["exact ML"], 4) for method in amortised]])
+                 *[spread(column[method]) for method in trained],
+                 *[spread(column[method] - column["exact ML"], 4) for method in trained]])
     rows.append([label, "CPU s / run", "", f"{np.mean(results['exact ML']['cpu']):.1f}",
-                 *[f"{np.mean(results[method]['cpu']):.1f}" for method in amortised], *[""] * len(amortised)])
+                 *[f"{np.mean(results[method]['cpu']):.1f}" for method in trained], *[""] * len(trained)])
     return rows
 
 
@@ -164,8 +179,8 @@ def likelihood_surface(x, alphas, betas):
 
 
 def plot(all_results, path):
-    """Per setting: seed 0's exact log-likelihood surface over `(alpha, beta)` with every amortised path (one
-    per seed and N), the exact MLEs and the truth."""
+    """Per setting: seed 0's exact log-likelihood surface over `(alpha, beta)` with every learner's path (one
+    per seed), the exact MLEs and the truth."""
     figure, axes = plt.subplots(1, len(all_results), figsize=(5.5 * len(all_results), 4.5), squeeze=False)
     for axis, (setting, (results, x_first)) in zip(axes[0], all_results.items()):
         group_size, alpha, beta = setting
@@ -175,8 +190,8 @@ def plot(all_results, path):
         peak = surface.max()
         axis.contour(alphas, betas, peak - surface, levels=[0.001, 0.01, 0.03, 0.1, 0.3, 1.], colors="grey",
                      linewidths=0.7)
-        amortised = [method for method in results if method.startswith("amortised")]
-        for colour, method in enumerate(amortised):
+        trained = [method for method in results if method not in ("truth", "exact ML")]
+        for colour, method in enumerate(trained):
             for index, trajectory in enumerate(results[method]["path"]):
                 axis.plot(trajectory[:, 0], trajectory[:, 1], color=f"C{colour}", linewidth=0.8, alpha=0.8,
                           label=method if index == 0 else None)
@@ -205,9 +220,9 @@ def main():
           f"(mean ± sd); amortised: conditional form, {epochs} epochs of {NUM_TRAIN // BATCH_SIZE} Adam"
           f"({LEARNING_RATE}) steps on minibatches of {BATCH_SIZE}, from alpha = beta = 1. Truth: n=5 (3, 0.5), "
           f"n=10 (0.5, 0.25)\n")
-    amortised = list(amortised_variants(sleep_sizes))
-    print(markdown_table(["setting", "quantity", "truth", "exact ML", *amortised,
-                          *[f"{method} − exact ML" for method in amortised]], rows))
+    trained = list(learners(sleep_sizes))
+    print(markdown_table(["setting", "quantity", "truth", "exact ML", *trained,
+                          *[f"{method} − exact ML" for method in trained]], rows))
     print(f"\nplot: {path}; wall time {time.time() - start:.0f} s")
 
 
