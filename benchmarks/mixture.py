@@ -46,19 +46,26 @@ def initial_means(x, seed):
     return x[np.random.default_rng(seed).choice(len(x), NUM_COMPONENTS, replace=False)]
 
 
-def learn(x_train, x_test, init_means, *, form, num_sleep, epochs, seed, setting="fixed", learning_rate=0.05,
-          batch_size=100):
-    """Trains by `AmortisedLearner` in `form` with the regression `setting` of `benchmarks._regressions`, or by
-    `ExactGradientLearner` (`form="exact"`), keras.utils.set_random_seed(seed) first so that every learner of a
-    seed sees the same batches; returns the held-out log-likelihood per point after each epoch, `[epochs]`."""
+def amortised(form, num_sleep, setting="fixed"):
+    """A factory `(model, seed) -> AmortisedLearner` in `form` with `num_sleep` sleep samples and the regression
+    `setting` of `benchmarks._regressions`."""
+    return lambda model, seed: AmortisedLearner(model, num_sleep=num_sleep, form=form, seed=seed,
+                                                regression=regressions.regression(setting, (DATA_DIM,), seed))
+
+
+def exact_gradient(model, seed):
+    """The fair oracle: exact-gradient ascent (`ExactGradientLearner`), from the same start, optimiser and batches."""
+    return ExactGradientLearner(model, seed=seed)
+
+
+def learn(x_train, x_test, init_means, make_learner, *, epochs, seed, learning_rate=0.05, batch_size=100):
+    """Trains `make_learner(model, seed)` (`amortised(...)` or `exact_gradient`) from the means `init_means`,
+    keras.utils.set_random_seed(seed) first so that every learner of a seed sees the same batches; returns the
+    held-out log-likelihood per point after each epoch, `[epochs]`."""
     keras.utils.set_random_seed(seed)
     model = GaussianMixtureModel(NUM_COMPONENTS, DATA_DIM, seed=seed)
     model.means.assign(init_means)
-    if form == "exact":  # the fair oracle: exact-gradient ascent from the same start, same optimiser and batches
-        learner = ExactGradientLearner(model, seed=seed)
-    else:
-        learner = AmortisedLearner(model, num_sleep=num_sleep, form=form, regression=regressions.regression(
-            setting, (DATA_DIM,), seed), seed=seed)
+    learner = make_learner(model, seed)
     learner.compile(optimizer=keras.optimizers.Adam(learning_rate))
     curve = []
     for _ in range(epochs):
@@ -77,9 +84,7 @@ def em_score(x_train, x_test, restarts=20):
 
 
 def variant_name(form, setting):
-    """A learner's name in the table and plot: its form, and its regression unless the fixed one."""
-    if form == "exact":
-        return "exact gradient"
+    """An amortised learner's name in the table and plot: its form, and its regression unless the fixed one."""
     return form if setting == "fixed" else f"{form}, {setting}"
 
 
@@ -110,10 +115,10 @@ def main():
     x_train, x_test = x[:2000], x[2000:]
     truth_score = float(np.mean(truth.log_marginal(x_test)))
     em = em_score(x_train, x_test)
-    variants = [("exact", None)] + [(form, setting) for setting in args.regressions for form in FORMS]
-    curves = {variant_name(form, setting): [
-        learn(x_train, x_test, initial_means(x_train, seed), form=form, num_sleep=num_sleep, epochs=epochs,
-              seed=seed, setting=setting) for seed in seeds] for form, setting in variants}
+    variants = {"exact gradient": exact_gradient, **{variant_name(form, setting): amortised(form, num_sleep, setting)
+                                                     for setting in args.regressions for form in FORMS}}
+    curves = {name: [learn(x_train, x_test, initial_means(x_train, seed), make_learner, epochs=epochs, seed=seed)
+                     for seed in seeds] for name, make_learner in variants.items()}
     path = plot_path("mixture" if args.regressions == ("fixed",) else f"mixture_{'_'.join(args.regressions)}",
                      quick=args.quick)
     plot(curves, em, truth_score, path)
