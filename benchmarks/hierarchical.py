@@ -68,7 +68,7 @@ def learners(sleep_sizes):
     """`{label: learner factory}`: exact-gradient ascent (the fair oracle: the same start, optimiser and batches);
     the fixed kernel at every size; at the last, the total-count kernel and the learner's default, a learning
     kernel on the raw counts (`KernelRidge(learn=True)`)."""
-    variants = {"exact gradient": lambda model, seed: ExactGradientLearner(model, seed=seed)}
+    variants = {"exact gradient": ExactGradientLearner}
     variants.update({f"amortised, N={size}": amortised(size, KernelRidge) for size in sleep_sizes})
     variants[f"amortised, N={sleep_sizes[-1]}, kernel on log(1+Σx)"] = amortised(
         sleep_sizes[-1], lambda: KernelRidge(features=log_total_count))

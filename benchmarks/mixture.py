@@ -53,15 +53,11 @@ def amortised(form, num_sleep, setting="fixed"):
                                                 regression=regressions.regression(setting, (DATA_DIM,), seed))
 
 
-def exact_gradient(model, seed):
-    """The fair oracle: exact-gradient ascent (`ExactGradientLearner`), from the same start, optimiser and batches."""
-    return ExactGradientLearner(model, seed=seed)
-
-
 def learn(x_train, x_test, init_means, make_learner, *, epochs, seed, learning_rate=0.05, batch_size=100):
-    """Trains `make_learner(model, seed)` (`amortised(...)` or `exact_gradient`) from the means `init_means`,
-    keras.utils.set_random_seed(seed) first so that every learner of a seed sees the same batches; returns the
-    held-out log-likelihood per point after each epoch, `[epochs]`."""
+    """Trains `make_learner(model, seed)` (`amortised(...)`, or `ExactGradientLearner`: the fair oracle, from the
+    same start, optimiser and batches) from the means `init_means`, keras.utils.set_random_seed(seed) first so
+    that every learner of a seed sees the same batches; returns the held-out log-likelihood per point after each
+    epoch, `[epochs]`."""
     keras.utils.set_random_seed(seed)
     model = GaussianMixtureModel(NUM_COMPONENTS, DATA_DIM, seed=seed)
     model.means.assign(init_means)
@@ -115,8 +111,9 @@ def main():
     x_train, x_test = x[:2000], x[2000:]
     truth_score = float(np.mean(truth.log_marginal(x_test)))
     em = em_score(x_train, x_test)
-    variants = {"exact gradient": exact_gradient, **{variant_name(form, setting): amortised(form, num_sleep, setting)
-                                                     for setting in args.regressions for form in FORMS}}
+    variants = {"exact gradient": ExactGradientLearner,
+                **{variant_name(form, setting): amortised(form, num_sleep, setting)
+                   for setting in args.regressions for form in FORMS}}
     curves = {name: [learn(x_train, x_test, initial_means(x_train, seed), make_learner, epochs=epochs, seed=seed)
                      for seed in seeds] for name, make_learner in variants.items()}
     path = plot_path("mixture" if args.regressions == ("fixed",) else f"mixture_{'_'.join(args.regressions)}",

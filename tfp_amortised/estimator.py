@@ -312,8 +312,8 @@ def choose_conditional(errors):
         (`regression_loss`, on the same held-out samples and directions).
 
     Returns:
-      Scalar bool `Tensor`, true when the conditional form's error summed over the replicas is at most the joint
-      form's; detached.
+      Scalar bool `Tensor`, true when the conditional form's error summed over the replicas is at most
+      `CONDITIONAL_TOLERANCE` times the joint form's; detached.
     """
     joint_error, conditional_error = (distributed.total(tf.stop_gradient(errors[name])) for name in SURROGATE_FORMS)
     return conditional_error <= CONDITIONAL_TOLERANCE * joint_error
